@@ -1,0 +1,1 @@
+"""Hydra configuration files shipped with ezm-gpu (package data)."""

@@ -1,0 +1,128 @@
+"""Ahead-of-time compilation of the search kernels for a GPU target, without a GPU.
+
+``compile_kernels()`` compiles every Triton kernel of ``triton_ops`` for a target (default: H100,
+``GPUTarget("cuda", 90, 32)``) with the launch parameters the search uses, and reads registers and
+spills from ``ptxas -v`` (the ptxas that ships with Triton). A kernel that
+would not compile for the target (e.g. uses ``break``, which the interpreter accepts) fails here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+import subprocess
+import tempfile
+
+from . import triton_ops
+
+__all__ = ["KernelReport", "compile_kernels"]
+
+_I32, _F32 = "*i32", "*fp32"
+# Argument types per kernel, in declaration order (pointers, then scalars), as the launchers pass them.
+_SIGNATURES = {
+    "_select_kernel": dict(
+        node_visits_in=_I32, node_value_sum_in=_F32, node_reward_in=_F32, edge_child_in=_I32,
+        edge_prior_in=_F32, survivors_in=_I32, minmax_lo_in=_F32, minmax_hi_in=_F32,
+        parent_out=_I32, slot_out=_I32, root_slot_out=_I32, depth_out=_I32,
+        batch="i32", num_nodes="i32", num_edges="i32", num_root="i32", num_child="i32",
+        num_survivors="i32", max_descents="i32",
+        discount="fp32", c_visit="fp32", c_scale="fp32", value_delta="fp32"),
+    "_backup_kernel": dict(
+        node_visits_io=_I32, node_value_sum_io=_F32, minmax_lo_io=_F32, minmax_hi_io=_F32,
+        node_reward_in=_F32, node_parent_in=_I32, leaf_value_in=_F32,
+        batch="i32", num_nodes="i32", leaf="i32", path_len="i32", discount="fp32"),
+    "_halve_kernel": dict(
+        node_visits_in=_I32, node_value_sum_in=_F32, node_reward_in=_F32, edge_child_in=_I32,
+        edge_prior_in=_F32, gumbel_in=_F32, minmax_lo_in=_F32, minmax_hi_in=_F32, survivors_io=_I32,
+        batch="i32", num_nodes="i32", num_edges="i32", num_root="i32", num_survivors="i32", keep="i32",
+        discount="fp32", c_visit="fp32", c_scale="fp32", value_delta="fp32"),
+}
+
+
+@dataclasses.dataclass
+class KernelReport:
+    """Resources of one compiled kernel."""
+
+    name: str
+    constexprs: dict  # tile sizes it was compiled with
+    num_warps: int
+    registers: int  # per thread
+    spill_stores: int  # bytes
+    spill_loads: int  # bytes
+    stack_bytes: int  # local-memory stack frame per thread
+    shared_bytes: int
+    ptx: str  # the generated PTX (e.g. for inspection)
+
+
+def _launch_params(num_root: int, num_child: int) -> dict:
+    """(constexprs, num_warps) per kernel, as the launchers choose them for a large batch."""
+    block_k, block_c = triton_ops._pow2(num_root), triton_ops._pow2(num_child)
+    return {
+        "_select_kernel": (dict(BLOCK_B=triton_ops.SELECT_BLOCK_B, BLOCK_K=block_k, BLOCK_C=block_c),
+                           triton_ops.select_warps(block_k)),
+        "_backup_kernel": (dict(BLOCK_B=triton_ops.SELECT_BLOCK_B), triton_ops.SELECT_WARPS),
+        "_halve_kernel": (dict(BLOCK_B=max(1, triton_ops.HALVE_ELEMENTS // (block_k * block_k)),
+                               BLOCK_K=block_k), 4),
+    }
+
+
+def _ptxas_report(ptx_asm: str) -> dict:
+    """Registers and spill/stack bytes that ``ptxas -v`` reports for this PTX.
+
+    Uses the ptxas binaries bundled with Triton, newest first (the older one rejects newer PTX).
+    """
+    import triton
+
+    bin_dir = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    arch = re.search(r"\.target\s+(sm_\w+)", ptx_asm).group(1)
+    errors = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx_asm)
+        for ptxas in (bin_dir / "ptxas-blackwell", bin_dir / "ptxas"):
+            if not ptxas.exists():
+                continue
+            result = subprocess.run([str(ptxas), "-v", f"--gpu-name={arch}", path, "-o", os.path.join(tmp, "k.cubin")],
+                                    capture_output=True, text=True)
+            text = result.stdout + result.stderr
+            if result.returncode == 0:
+                numbers = {}
+                for key, pattern in (("registers", r"Used (\d+) registers"), ("spill_stores", r"(\d+) bytes spill stores"),
+                                     ("spill_loads", r"(\d+) bytes spill loads"), ("stack_bytes", r"(\d+) bytes stack frame")):
+                    match = re.search(pattern, text)
+                    numbers[key] = int(match.group(1)) if match else 0
+                return numbers
+            errors.append(f"{ptxas.name}: {text.strip()}")
+    raise RuntimeError("no bundled ptxas accepted the PTX:\n" + "\n".join(errors))
+
+
+def compile_kernels(arch: int = 90, num_root: int = 16, num_child: int = 2) -> list[KernelReport]:
+    """Compiles every search kernel for ``GPUTarget("cuda", arch, 32)``; raises if one does not compile.
+
+    Args:
+      arch: CUDA compute capability as an integer (90 = H100).
+      num_root: K, which sets the root tile width (next power of two).
+      num_child: k, which sets the interior tile width.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", arch, 32)
+    reports = []
+    for name, (constexprs, num_warps) in _launch_params(num_root, num_child).items():
+        kernel = getattr(triton_ops, name)
+        signature = dict(_SIGNATURES[name])
+        missing = [arg for arg in kernel.arg_names if arg not in signature and arg not in constexprs]
+        if missing:
+            raise RuntimeError(f"{name}: no AOT type for arguments {missing}")
+        signature.update({arg: "constexpr" for arg in constexprs})
+        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+        compiled = triton.compile(source, target=target,
+                                  options=dict(num_warps=num_warps, enable_fp_fusion=False))
+        usage = _ptxas_report(compiled.asm["ptx"])
+        reports.append(KernelReport(name=name, constexprs=constexprs, num_warps=num_warps,
+                                    shared_bytes=int(compiled.metadata.shared), ptx=compiled.asm["ptx"], **usage))
+    return reports

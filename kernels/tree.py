@@ -1,0 +1,163 @@
+"""Tree storage: a struct of arrays for B trees, allocated once per search.
+
+Node 0 is the root; the leaf created at simulation s is node s+1, so a search of N simulations needs
+N+1 nodes and no allocator. Child slots are stored as *edges* in one flat per-tree array: the root's
+K slots are edges 0 … K-1, node n >= 1 owns edges K + (n-1)·k … K + n·k - 1. Node s+1's edges are
+therefore a static slice, and every link is an index (no pointers).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .config import SearchConfig
+
+__all__ = ["Tree", "Selection", "init_tree", "expand", "edge_index", "rank_descending", "top_candidates"]
+
+_INDEX = torch.int32  # node, edge and slot indices; counts
+
+
+@dataclasses.dataclass
+class Tree:
+    """B search trees. Shapes: M = N+1 nodes, E = K + N·k edges, K root slots, A action dims.
+
+    Every field is a tensor on the search device and is updated in place, so a captured search loop
+    keeps the same storage.
+    """
+
+    node_visits: torch.Tensor  # [B, M] int32: N(n)
+    node_value_sum: torch.Tensor  # [B, M] float32: W(n)
+    node_reward: torch.Tensor  # [B, M] float32: r(n), reward of the edge into n (0 at the root)
+    node_parent: torch.Tensor  # [B, M] int32: parent node, -1 for the root and unused nodes
+    node_slot: torch.Tensor  # [B, M] int32: slot of n in its parent, -1 for the root and unused nodes
+    edge_child: torch.Tensor  # [B, E] int32: child node of the slot, -1 while not created
+    edge_prior: torch.Tensor  # [B, E] float32: prior logit p of the slot
+    edge_action: torch.Tensor  # [B, E, A]: sampled action of the slot (dtype of the root actions)
+    gumbel: torch.Tensor  # [B, K] float32: Gumbel noise g of the root slots
+    survivors: torch.Tensor  # [B, K] int32: surviving root slots in order, -1 padded
+    minmax_lo: torch.Tensor  # [B] float32: smallest backed-up value seen (+inf before any)
+    minmax_hi: torch.Tensor  # [B] float32: largest backed-up value seen (-inf before any)
+    num_root_actions: int  # K
+    num_child_actions: int  # k
+
+    @property
+    def batch_size(self) -> int:
+        return self.node_visits.shape[0]
+
+    @property
+    def num_nodes(self) -> int:
+        return self.node_visits.shape[1]
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_child.shape[1]
+
+
+@dataclasses.dataclass
+class Selection:
+    """Where simulation s attaches its new leaf, per tree (all [B] int32)."""
+
+    parent: torch.Tensor  # node whose slot was taken; the new node s+1 becomes its child
+    slot: torch.Tensor  # the slot of `parent` that was taken
+    root_slot: torch.Tensor  # the root slot on the selected path
+    depth: torch.Tensor  # edges from the root to the new node
+
+
+def edge_index(node: torch.Tensor, slot: torch.Tensor, num_root_actions: int,
+               num_child_actions: int) -> torch.Tensor:
+    """Flat edge index of (node, slot); node, slot: [B] int -> [B] int (same dtype)."""
+    first = torch.where(node == 0, torch.zeros_like(node), num_root_actions + (node - 1) * num_child_actions)
+    return first + slot
+
+
+def top_candidates(keys: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions of the ``count`` largest keys per row, largest first, ties to the lower position.
+
+    keys: [B, L] float; returns [B, count] int32. Ranks are counted pairwise (no sort), so the order
+    is the defined one on every device and equal to the Triton kernels' ranking.
+    """
+    rank = rank_descending(keys)
+    order = torch.empty_like(rank)
+    order.scatter_(1, rank, torch.arange(keys.shape[1], device=keys.device, dtype=rank.dtype).expand_as(rank))
+    return order[:, :count]
+
+
+def rank_descending(keys: torch.Tensor) -> torch.Tensor:
+    """Rank of each key within its row: 0 = largest; ties to the lower position. [B, L] -> [B, L] int64."""
+    length = keys.shape[1]
+    pos = torch.arange(length, device=keys.device)
+    before = keys[:, None, :] > keys[:, :, None]  # [B, i, j]: key j beats key i
+    tied_earlier = (keys[:, None, :] == keys[:, :, None]) & (pos[None, :] < pos[:, None])[None]
+    return (before | tied_earlier).sum(-1)
+
+
+def init_tree(root_value: torch.Tensor, root_actions: torch.Tensor, root_prior_logits: torch.Tensor,
+              gumbel: torch.Tensor, config: SearchConfig) -> Tree:
+    """Allocates B trees with the root expanded (search.md "Initial state").
+
+    Args:
+      root_value: [B] float, v0.
+      root_actions: [B, K, A] float, the root candidates.
+      root_prior_logits: [B, K] float, p at the root.
+      gumbel: [B, K] float, g.
+      config: the search configuration (N, m0, k).
+
+    Returns a Tree with N(0) = 1, W(0) = v0 and the top m = min(m0, K) root slots by g + p as survivors.
+    """
+    batch, num_root, _ = root_actions.shape
+    n, k = config.num_simulations, config.num_child_actions
+    device = root_actions.device
+    num_nodes, num_edges = n + 1, num_root + n * k
+    m = min(config.num_top_actions, num_root)
+
+    node_visits = torch.zeros(batch, num_nodes, dtype=_INDEX, device=device)
+    node_visits[:, 0] = 1
+    node_value_sum = torch.zeros(batch, num_nodes, dtype=torch.float32, device=device)
+    node_value_sum[:, 0] = root_value.float()
+    edge_prior = torch.zeros(batch, num_edges, dtype=torch.float32, device=device)
+    edge_prior[:, :num_root] = root_prior_logits.float()
+    edge_action = root_actions.new_zeros(batch, num_edges, root_actions.shape[2])
+    edge_action[:, :num_root] = root_actions
+    gumbel = gumbel.float()
+    survivors = torch.full((batch, num_root), -1, dtype=_INDEX, device=device)
+    survivors[:, :m] = top_candidates(gumbel + edge_prior[:, :num_root], m).to(_INDEX)
+    return Tree(
+        node_visits=node_visits,
+        node_value_sum=node_value_sum,
+        node_reward=torch.zeros(batch, num_nodes, dtype=torch.float32, device=device),
+        node_parent=torch.full((batch, num_nodes), -1, dtype=_INDEX, device=device),
+        node_slot=torch.full((batch, num_nodes), -1, dtype=_INDEX, device=device),
+        edge_child=torch.full((batch, num_edges), -1, dtype=_INDEX, device=device),
+        edge_prior=edge_prior,
+        edge_action=edge_action,
+        gumbel=gumbel.contiguous(),
+        survivors=survivors,
+        minmax_lo=torch.full((batch,), float("inf"), dtype=torch.float32, device=device),
+        minmax_hi=torch.full((batch,), float("-inf"), dtype=torch.float32, device=device),
+        num_root_actions=num_root,
+        num_child_actions=k,
+    )
+
+
+def expand(tree: Tree, simulation: int, selection: Selection, reward: torch.Tensor,
+           child_actions: torch.Tensor, child_prior_logits: torch.Tensor) -> None:
+    """Writes node s+1 under ``selection`` (search.md step 2), in place; the same on every device.
+
+    Args:
+      tree: the trees.
+      simulation: s, so the new node is s+1.
+      selection: where to attach it ([B] parent and slot).
+      reward: [B] float, r(s+1).
+      child_actions: [B, k, A] float, actions of the new node's k slots.
+      child_prior_logits: [B, k] float, their prior logits.
+    """
+    node, k = simulation + 1, tree.num_child_actions
+    first = tree.num_root_actions + simulation * k  # node s+1's edges: a static slice
+    tree.node_reward[:, node] = reward
+    tree.node_parent[:, node] = selection.parent
+    tree.node_slot[:, node] = selection.slot
+    tree.edge_prior[:, first:first + k] = child_prior_logits
+    tree.edge_action[:, first:first + k] = child_actions
+    link = edge_index(selection.parent, selection.slot, tree.num_root_actions, k)
+    tree.edge_child.scatter_(1, link[:, None].long(), node)

@@ -1,0 +1,40 @@
+"""ezm-gpu: EfficientZero-Multitask for humanoid control, entirely on the accelerator.
+
+One distribution, three import packages: the algorithm (`ezm_gpu`), the tree-search kernels
+(`kernels/` installed as `ezm_gpu.kernels`) and the batched HumanoidBench tasks (`envs/` installed as
+`ezm_gpu.envs`).
+"""
+from setuptools import setup
+
+setup(
+    name="ezm-gpu",
+    version="0.1.0",
+    description="EfficientZero-Multitask on the accelerator: Triton tree search, MuJoCo-Warp HumanoidBench",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["ezm_gpu", "ezm_gpu.kernels", "ezm_gpu.envs", "ezm_gpu.configs"],
+    package_dir={
+        "ezm_gpu": "ezm_gpu",
+        "ezm_gpu.kernels": "kernels",
+        "ezm_gpu.envs": "envs",
+        "ezm_gpu.configs": "configs",
+    },
+    package_data={"ezm_gpu.configs": ["*.yaml", "*/*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        # A range, never a pin: 2.13 (the CPU wheel CI installs first) satisfies it, so pip keeps it.
+        "torch>=2.4,<3",
+        "triton>=3.2; platform_system == 'Linux'",
+        "numpy>=1.24",
+        "warp-lang>=1.8",
+        "mujoco>=3.3",
+        "mujoco-warp>=3.3",
+        "hydra-core>=1.3",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-benchmark>=4"],
+        "bench": ["pytest-benchmark>=4", "jax>=0.4.30", "mctx>=0.0.5"],
+    },
+)
