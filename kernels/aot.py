@@ -126,3 +126,29 @@ def compile_kernels(arch: int = 90, num_root: int = 16, num_child: int = 2) -> l
         reports.append(KernelReport(name=name, constexprs=constexprs, num_warps=num_warps,
                                     shared_bytes=int(compiled.metadata.shared), ptx=compiled.asm["ptx"], **usage))
     return reports
+
+
+def _main(argv=None) -> None:
+    """``python -m ezm_gpu.kernels.aot [--arch 90] [--num-root 16] [--num-child 2] [--json]``."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 for H100")
+    parser.add_argument("--num-root", type=int, default=16, help="K, root candidates")
+    parser.add_argument("--num-child", type=int, default=2, help="k, children per interior node")
+    parser.add_argument("--json", action="store_true", help="one JSON object per kernel, without the PTX")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise SystemExit("AOT compilation needs TRITON_INTERPRET unset (the interpreter replaces the kernels)")
+    for r in compile_kernels(args.arch, args.num_root, args.num_child):
+        if args.json:
+            print(json.dumps({k: v for k, v in dataclasses.asdict(r).items() if k != "ptx"}))
+        else:
+            print(f"sm_{args.arch} {r.name:15s} {r.constexprs} warps={r.num_warps}: {r.registers} registers, "
+                  f"{r.spill_stores}/{r.spill_loads} B spill stores/loads, {r.stack_bytes} B stack, "
+                  f"{r.shared_bytes} B shared")
+
+
+if __name__ == "__main__":
+    _main()
