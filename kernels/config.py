@@ -69,18 +69,24 @@ class HalvingSchedule:
 def halving_schedule(num_simulations: int, num_considered: int) -> HalvingSchedule:
     """Sequential-halving schedule of search.md for N simulations and m root candidates.
 
-    ``max_descents[s]`` bounds how many interior nodes selection can pass at simulation s: the sum
-    of the survivors' visit counts is at most s, so the least visited survivor (the one selected) has
-    at most ``s // survivors[s]`` visits and its subtree is at most that deep. Loops run to this
-    static bound instead of the worst case s.
+    ``max_descents[s]`` bounds how many interior nodes selection can pass at simulation s: the
+    selected survivor is the least visited one, and a root child with v visits has a subtree at most
+    v deep. Fewest-visits-first keeps the survivors' counts within one of each other (a halving keeps
+    a subset, which stays so), so the counts are ``lower`` for some survivors and ``lower + 1`` for
+    the rest; the schedule tracks the largest possible ``lower``, assuming every halving keeps the
+    most visited survivors. Loops run to this static bound instead of the worst case s.
     """
     n, m = num_simulations, num_considered
     phase_num = (m - 1).bit_length()  # ceil(log2 m); 0 for m = 1
     m_cur, phase, phase_end = m, 0, 0
+    lower, at_lower, above = 0, m, 0  # survivors with `lower` and with `lower + 1` visits
     survivors, keep, phases, phase_ends, descents = [], [], [], [], []
     for s in range(n):
         survivors.append(m_cur)
-        descents.append(s // m_cur)
+        descents.append(lower)
+        at_lower, above = at_lower - 1, above + 1  # the selected survivor had `lower` visits
+        if at_lower == 0:
+            lower, at_lower, above = lower + 1, above, 0
         if phase_end <= s:  # the previous phase ended at s (or none was set): set the next end
             if phase < phase_num - 1:
                 phase_end = min(n, phase_end + max(1, n // phase_num // m_cur) * m_cur)
@@ -91,6 +97,11 @@ def halving_schedule(num_simulations: int, num_considered: int) -> HalvingSchedu
         if s + 1 >= phase_end and m_cur >= 2:
             kept = m_cur // 2
             m_cur, phase = kept, phase + 1
+            kept_above = min(above, kept)
+            if kept_above == kept:
+                lower, at_lower, above = lower + 1, kept, 0
+            else:
+                at_lower, above = kept - kept_above, kept_above
         keep.append(kept)
         phases.append(phase)
     return HalvingSchedule(n, m, tuple(survivors), tuple(keep), tuple(phases), tuple(phase_ends),

@@ -116,7 +116,8 @@ def test_halving_schedule_of_ezm_default():
     assert schedule.survivors == (16,) * 16 + (8,) * 8 + (4,) * 8
     assert [s for s, keep in enumerate(schedule.keep) if keep] == [15, 23, 31]
     assert schedule.final_survivors == 2
-    assert schedule.max_descents[31] == 31 // 4
+    # Descents bound: the selected survivor's visits, 0 in phase 0, then 1, then 2 and 3.
+    assert schedule.max_descents == (0,) * 16 + (1,) * 8 + (2,) * 4 + (3,) * 4
 
 
 @pytest.mark.parametrize("n, m, halvings_at, survivors_after", [

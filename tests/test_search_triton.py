@@ -78,6 +78,8 @@ def test_triton_matches_torch_step_by_step(name):
         for field in ("parent", "slot", "root_slot", "depth"):
             assert torch.equal(getattr(sel_t, field), getattr(sel_k, field)), f"sim {s}: selection {field}"
         first = torch.where(sel_t.parent == 0, 0, case.num_root + (sel_t.parent - 1) * case.num_child)
+        # The selected slot is free: the static descent bound never stops a walk early.
+        assert (tree_t.edge_child[rows, (first + sel_t.slot).long()] == -1).all(), f"sim {s}: slot taken"
         action = tree_t.edge_action[rows, (first + sel_t.slot).long()]
         nxt, reward, value, children, logits = model(embeddings[rows, sel_t.parent.long()], action)
         embeddings[:, s + 1] = nxt
