@@ -18,23 +18,23 @@ from . import triton_ops
 
 __all__ = ["KernelReport", "compile_kernels"]
 
-_I32, _F32 = "*i32", "*fp32"
+_I32, _I64, _F32 = "*i32", "*i64", "*fp32"
 # Argument types per kernel, in declaration order (pointers, then scalars), as the launchers pass them.
 _SIGNATURES = {
     "_select_kernel": dict(
-        node_visits_in=_I32, node_value_sum_in=_F32, node_reward_in=_F32, edge_child_in=_I32,
-        edge_prior_in=_F32, survivors_in=_I32, minmax_lo_in=_F32, minmax_hi_in=_F32,
-        parent_out=_I32, slot_out=_I32, root_slot_out=_I32, depth_out=_I32,
+        node_visits_in=_I32, node_value_sum_in=_F32, node_reward_in=_F32, edge_child_in=_I64,
+        edge_prior_in=_F32, edge_policy_in=_F32, survivors_in=_I64, minmax_lo_in=_F32, minmax_hi_in=_F32,
+        parent_out=_I64, slot_out=_I64, root_slot_out=_I64, depth_out=_I64,
         batch="i32", num_nodes="i32", num_edges="i32", num_root="i32", num_child="i32",
         num_survivors="i32", max_descents="i32",
         discount="fp32", c_visit="fp32", c_scale="fp32", value_delta="fp32"),
     "_backup_kernel": dict(
         node_visits_io=_I32, node_value_sum_io=_F32, minmax_lo_io=_F32, minmax_hi_io=_F32,
-        node_reward_in=_F32, node_parent_in=_I32, leaf_value_in=_F32,
+        node_reward_in=_F32, node_parent_in=_I64, leaf_value_in=_F32,
         batch="i32", num_nodes="i32", leaf="i32", path_len="i32", discount="fp32"),
     "_halve_kernel": dict(
-        node_visits_in=_I32, node_value_sum_in=_F32, node_reward_in=_F32, edge_child_in=_I32,
-        edge_prior_in=_F32, gumbel_in=_F32, minmax_lo_in=_F32, minmax_hi_in=_F32, survivors_io=_I32,
+        node_visits_in=_I32, node_value_sum_in=_F32, node_reward_in=_F32, edge_child_in=_I64,
+        edge_prior_in=_F32, edge_policy_in=_F32, gumbel_in=_F32, minmax_lo_in=_F32, minmax_hi_in=_F32, survivors_io=_I64,
         batch="i32", num_nodes="i32", num_edges="i32", num_root="i32", num_survivors="i32", keep="i32",
         discount="fp32", c_visit="fp32", c_scale="fp32", value_delta="fp32"),
 }

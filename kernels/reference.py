@@ -11,92 +11,101 @@ import torch
 from .config import SearchConfig, halving_schedule
 from .tree import Selection, Tree, rank_descending
 
-__all__ = ["select", "backup", "sequential_halving", "sigma_terms", "root_scores"]
+__all__ = ["select", "backup", "sequential_halving", "sigma_terms", "minmax_normaliser", "root_scores"]
 
 
-def sigma_terms(config: SearchConfig, tree: Tree, child: torch.Tensor, prior: torch.Tensor,
+def minmax_normaliser(tree: Tree, config: SearchConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offset, scale), each [B, 1] float32, with q_hat = clip((x - offset) / scale, 0, 1) equal to
+    search.md's rule: (x - lo) / max(hi - lo, delta) when hi > lo, else x itself (offset 0, scale 1).
+    The stats do not change during a selection, so this is computed once per call."""
+    span = tree.minmax_hi - tree.minmax_lo
+    spread = span > 0
+    offset = torch.where(spread, tree.minmax_lo, 0.0)
+    scale = torch.where(spread, span.clamp(min=config.value_delta), 1.0)
+    return offset[:, None], scale[:, None]
+
+
+def sigma_terms(config: SearchConfig, tree: Tree, child: torch.Tensor, prior: torch.Tensor, policy: torch.Tensor,
                 parent_visits: torch.Tensor, parent_value_sum: torch.Tensor,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                normaliser: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """sigma(q_hat(Q~(n, .)); n) over all children of one node n per tree (search.md "Definitions").
 
     Args:
-      config: discount, c_visit, c_scale, value_delta.
-      tree: the trees (node statistics and min-max stats are read from it).
-      child: [B, S] int, n's child node per slot, -1 where not created.
+      config: discount, c_visit, c_scale.
+      tree: the trees (node statistics are read from it).
+      child: [B, S] int64, n's child node per slot, -1 where not created.
       prior: [B, S] float32, the slots' prior logits p.
-      parent_visits: [B] float32, N(n).
-      parent_value_sum: [B] float32, W(n).
+      policy: [B, S] float32, softmax(p) over n's slots (``Tree.edge_policy``).
+      parent_visits: [B, 1] float32, N(n).
+      parent_value_sum: [B, 1] float32, W(n).
+      normaliser: ``minmax_normaliser(tree, config)``.
 
     Returns:
       sigma: [B, S] float32, sigma(q_hat(Q~(n, a)); n).
       child_visits: [B, S] float32, N(c_a) (0 for a slot without a child).
       completed_q: [B, S] float32, Q~(n, a).
     """
-    exists = child >= 0
-    child_node = child.clamp(min=0).long()
-    child_visits = torch.where(exists, tree.node_visits.gather(1, child_node), 0).float()
+    missing = child < 0
+    child_node = child.clamp(min=0)  # a missing child reads the root's (finite) stats, weighted 0 below
+    child_visits = tree.node_visits.gather(1, child_node).float().masked_fill_(missing, 0.0)
     child_value = tree.node_value_sum.gather(1, child_node) / child_visits.clamp(min=1.0)
     q = tree.node_reward.gather(1, child_node) + config.discount * child_value
 
-    pi_expanded = torch.where(exists, torch.softmax(prior, dim=1), 0.0)
-    pi_sum = pi_expanded.sum(1)
-    pi_q = (pi_expanded * torch.where(exists, q, 0.0)).sum(1)
+    pi_expanded = policy.masked_fill(missing, 0.0)
+    pi_sum = pi_expanded.sum(1, keepdim=True)
+    pi_q = (pi_expanded * q).sum(1, keepdim=True)
     parent_value = parent_value_sum / parent_visits
-    mixed = (parent_value + parent_visits / pi_sum.clamp(min=1e-30) * pi_q) / (1.0 + parent_visits)
+    mixed = (parent_value + parent_visits / pi_sum * pi_q) / (1.0 + parent_visits)  # unused where pi_sum = 0
     v_mix = torch.where(pi_sum < 1e-4, parent_value, mixed)
-    completed_q = torch.where(exists, q, v_mix[:, None])
+    completed_q = torch.where(missing, v_mix, q)
 
-    lo, hi = tree.minmax_lo[:, None], tree.minmax_hi[:, None]
-    span = hi - lo
-    q_hat = torch.where(span > 0, (completed_q - lo) / span.clamp(min=config.value_delta), completed_q)
-    q_hat = q_hat.clamp(0.0, 1.0)
-    max_visits = child_visits.amax(1, keepdim=True)
-    sigma = (config.c_visit + max_visits) * config.c_scale * q_hat
+    offset, scale = normaliser
+    q_hat = ((completed_q - offset) / scale).clamp_(0.0, 1.0)
+    sigma = (config.c_visit + child_visits.amax(1, keepdim=True)) * config.c_scale * q_hat
     return sigma, child_visits, completed_q
 
 
-def _interior_step(tree: Tree, config: SearchConfig, node: torch.Tensor,
-                   slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """At interior node n (per tree; slots = arange(k)): the slot argmax_a [pi'_a - N(c_a) / (1 + N(n))]
-    (ties to the lowest) and the child behind it (-1 if not created). Both [B] int64."""
-    edges = (tree.num_root_actions + (node.clamp(min=1) - 1) * tree.num_child_actions)[:, None] + slots
+def _interior_step(tree: Tree, config: SearchConfig, node: torch.Tensor, slots: torch.Tensor,
+                   normaliser) -> tuple[torch.Tensor, torch.Tensor]:
+    """At interior node n ([B, 1] int64; slots = arange(k)): the slot argmax_a [pi'_a - N(c_a) / (1 + N(n))]
+    (ties to the lowest) and the child behind it (-1 if not created), both [B, 1] int64."""
+    edges = (node * tree.num_child_actions + (tree.num_root_actions - tree.num_child_actions)).clamp_(min=0) + slots
     child = tree.edge_child.gather(1, edges)
     prior = tree.edge_prior.gather(1, edges)
-    parent_visits = tree.node_visits.gather(1, node[:, None])[:, 0].float()
-    parent_value_sum = tree.node_value_sum.gather(1, node[:, None])[:, 0]
-    sigma, child_visits, _ = sigma_terms(config, tree, child, prior, parent_visits, parent_value_sum)
-    pi_prime = torch.softmax(prior + sigma, dim=1)
-    score = pi_prime - child_visits / (1.0 + parent_visits[:, None])
+    parent_visits = tree.node_visits.gather(1, node).float()
+    sigma, child_visits, _ = sigma_terms(config, tree, child, prior, tree.edge_policy.gather(1, edges),
+                                         parent_visits, tree.node_value_sum.gather(1, node), normaliser)
+    score = torch.softmax(prior + sigma, dim=1) - child_visits / (1.0 + parent_visits)
     slot = score.argmax(1, keepdim=True)  # argmax returns the first maximal index
-    return slot[:, 0], child.gather(1, slot)[:, 0].long()
+    return slot, child.gather(1, slot)
 
 
 def select(tree: Tree, config: SearchConfig, simulation: int) -> Selection:
     """Selection of simulation s (search.md step 1) for all trees.
 
-    Returns the Selection ([B] int32 parent, slot, root_slot, depth) where node s+1 is attached.
+    Returns the Selection ([B] int64 parent, slot, root_slot, depth) where node s+1 is attached.
     """
     schedule = halving_schedule(config.num_simulations, min(config.num_top_actions, tree.num_root_actions))
-    survivors = tree.survivors[:, :schedule.survivors[simulation]].long()  # [B, m_cur], all valid
+    survivors = tree.survivors[:, :schedule.survivors[simulation]]  # [B, m_cur], all valid
     child = tree.edge_child.gather(1, survivors)
-    visits = torch.where(child >= 0, tree.node_visits.gather(1, child.clamp(min=0).long()), 0)
+    visits = tree.node_visits.gather(1, child.clamp(min=0)).masked_fill_(child < 0, 0)
     first_fewest = visits.argmin(1, keepdim=True)  # argmin returns the first (earliest) minimum
-    root_slot = survivors.gather(1, first_fewest)[:, 0].to(tree.survivors.dtype)
 
-    node = torch.zeros_like(root_slot, dtype=torch.int64)
-    slot = root_slot.long()
-    depth = torch.ones_like(root_slot)
-    below = tree.edge_child.gather(1, slot[:, None])[:, 0].long()
+    node = torch.zeros_like(first_fewest)  # [B, 1] from here on
+    slot = survivors.gather(1, first_fewest)
+    root_slot = slot[:, 0]
+    depth = torch.ones_like(slot)
+    below = tree.edge_child.gather(1, slot)
     slots = torch.arange(tree.num_child_actions, device=node.device)
+    normaliser = minmax_normaliser(tree, config)
     for _ in range(schedule.max_descents[simulation]):
         going = below >= 0
         node = torch.where(going, below, node)
-        chosen, child = _interior_step(tree, config, node, slots)
+        chosen, child = _interior_step(tree, config, node, slots, normaliser)
         slot = torch.where(going, chosen, slot)
-        depth = depth + going.to(depth.dtype)
+        depth += going
         below = torch.where(going, child, below)
-    return Selection(parent=node.to(root_slot.dtype), slot=slot.to(root_slot.dtype), root_slot=root_slot,
-                     depth=depth)
+    return Selection(parent=node[:, 0], slot=slot[:, 0], root_slot=root_slot, depth=depth[:, 0])
 
 
 def backup(tree: Tree, config: SearchConfig, simulation: int, leaf_value: torch.Tensor) -> None:
@@ -111,7 +120,7 @@ def backup(tree: Tree, config: SearchConfig, simulation: int, leaf_value: torch.
     length = schedule.max_descents[simulation] + 2  # nodes on the path: the new node is at depth <= descents + 1
     path = [torch.full((tree.batch_size, 1), simulation + 1, dtype=torch.int64, device=leaf_value.device)]
     for _ in range(length - 1):  # past the root the path continues with -1
-        path.append(tree.node_parent.gather(1, path[-1].clamp(min=0)).long())
+        path.append(tree.node_parent.gather(1, path[-1].clamp(min=0)))
     path = torch.cat(path, 1)  # [B, length], leaf first
     on_path = path >= 0
     node = path.clamp(min=0)
@@ -134,7 +143,8 @@ def root_scores(tree: Tree, config: SearchConfig) -> tuple[torch.Tensor, torch.T
     num_root = tree.num_root_actions
     prior = tree.edge_prior[:, :num_root]
     sigma, _, completed_q = sigma_terms(config, tree, tree.edge_child[:, :num_root], prior,
-                                        tree.node_visits[:, 0].float(), tree.node_value_sum[:, 0])
+                                        tree.edge_policy[:, :num_root], tree.node_visits[:, :1].float(),
+                                        tree.node_value_sum[:, :1], minmax_normaliser(tree, config))
     return tree.gumbel + prior + sigma, prior + sigma, completed_q
 
 
@@ -148,9 +158,9 @@ def sequential_halving(tree: Tree, config: SearchConfig, simulation: int) -> Non
     keep, count = schedule.keep[simulation], schedule.survivors[simulation]
     if keep == 0:
         return
-    survivors = tree.survivors[:, :count].long()
+    survivors = tree.survivors[:, :count]
     score, _, _ = root_scores(tree, config)
     rank = rank_descending(score.gather(1, survivors))
     ranked = torch.empty_like(survivors).scatter_(1, rank, survivors)
-    tree.survivors[:, :keep] = ranked[:, :keep].to(tree.survivors.dtype)
+    tree.survivors[:, :keep] = ranked[:, :keep]
     tree.survivors[:, keep:count] = -1

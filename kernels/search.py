@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Literal, Optional
 
 import torch
@@ -41,7 +40,7 @@ class SearchOutput:
     action_weights: torch.Tensor  # [B, K] float32: softmax(p + sigma), the improved policy
     pi_prime_scores: torch.Tensor  # [B, K] float32: p + sigma, unnormalised (no Gumbel)
     considered: torch.Tensor  # [B, K] bool: final survivors as a mask
-    survivors: torch.Tensor  # [B, K] int32: final survivors in order, -1 padded
+    survivors: torch.Tensor  # [B, K] int64: final survivors in order, -1 padded
     tree: Optional[Tree] = None  # the whole tree, for inspection
 
 
@@ -90,11 +89,11 @@ def root_outputs(tree: Tree, config: SearchConfig, root_actions: torch.Tensor) -
     schedule = halving_schedule(config.num_simulations, min(config.num_top_actions, tree.num_root_actions))
     num_root = tree.num_root_actions
     score, pi_prime_scores, completed_q = reference.root_scores(tree, config)
-    survivors = tree.survivors[:, :schedule.final_survivors].long()
+    survivors = tree.survivors[:, :schedule.final_survivors]
     best = score.gather(1, survivors).argmax(1, keepdim=True)  # first maximum = earliest survivor
     action_index = survivors.gather(1, best)[:, 0]
     child = tree.edge_child[:, :num_root]
-    visit_counts = torch.where(child >= 0, tree.node_visits.gather(1, child.clamp(min=0).long()), 0)
+    visit_counts = tree.node_visits.gather(1, child.clamp(min=0)).masked_fill_(child < 0, 0)
     considered = torch.zeros_like(child, dtype=torch.bool).scatter_(1, survivors, True)
     return SearchOutput(
         action_index=action_index,
@@ -152,11 +151,11 @@ def sampled_gumbel_search(
     tree = init_tree(root_value, root_actions, root_prior_logits, gumbel, config)
     embeddings = root_embedding.new_empty((batch, n + 1) + tuple(root_embedding.shape[1:]))
     embeddings[:, 0] = root_embedding
-    rows = torch.arange(batch, device=root_actions.device)
     for simulation in range(n):
         selection = ops.select(tree, config, simulation)
-        action = tree.edge_action[rows, edge_index(selection.parent, selection.slot, num_root, k).long()]
-        out = recurrent_fn(embeddings[rows, selection.parent.long()], action)
+        edge = edge_index(selection.parent, selection.slot, num_root, k)
+        action = _rows(tree.edge_action, edge)
+        out = recurrent_fn(_rows(embeddings, selection.parent), action)
         next_embedding, reward, value, child_actions, child_prior_logits = _check_model_outputs(
             out, root_embedding, batch, k, root_actions.shape[2]) if simulation == 0 else out
         embeddings[:, simulation + 1] = next_embedding
@@ -164,6 +163,12 @@ def sampled_gumbel_search(
         ops.backup(tree, config, simulation, value)
         ops.sequential_halving(tree, config, simulation)
     return root_outputs(tree, config, root_actions)
+
+
+def _rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values [B, X, ...], index [B] -> values[b, index[b]] as [B, ...] (a gather: cheaper than fancy indexing)."""
+    shape = (values.shape[0], 1) + tuple(values.shape[2:])
+    return values.gather(1, index.view((-1,) + (1,) * (values.dim() - 1)).expand(shape)).squeeze(1)
 
 
 def _describe(t) -> str:
@@ -206,8 +211,10 @@ def _check_inputs(root_embedding, root_value, root_actions, root_prior_logits, g
         raise ValueError(f"K (root_actions.shape[1]) must be <= 1024, got {num_root}")
     if config.num_child_actions > 1024:
         raise ValueError(f"SearchConfig.num_child_actions must be <= 1024, got {config.num_child_actions}")
-    if math.prod(root_actions.shape) and batch * (config.num_simulations + 1) >= 2**31:
-        raise ValueError("B * (N + 1) must stay below 2**31 (int32 node indices)")
+    num_edges = num_root + config.num_simulations * config.num_child_actions
+    if batch * max(num_edges, config.num_simulations + 1) >= 2**31:
+        raise ValueError(f"B * (K + N * k) = {batch * num_edges} must stay below 2**31 (int32 offsets in the "
+                         "kernels)")
 
 
 def _check_model_outputs(out, root_embedding, batch, k, action_dim):

@@ -15,7 +15,7 @@ from .config import SearchConfig
 
 __all__ = ["Tree", "Selection", "init_tree", "expand", "edge_index", "rank_descending", "top_candidates"]
 
-_INDEX = torch.int32  # node, edge and slot indices; counts
+_LINK = torch.int64  # node, edge and slot indices: torch's index dtype, so gathers need no conversion
 
 
 @dataclasses.dataclass
@@ -29,13 +29,14 @@ class Tree:
     node_visits: torch.Tensor  # [B, M] int32: N(n)
     node_value_sum: torch.Tensor  # [B, M] float32: W(n)
     node_reward: torch.Tensor  # [B, M] float32: r(n), reward of the edge into n (0 at the root)
-    node_parent: torch.Tensor  # [B, M] int32: parent node, -1 for the root and unused nodes
-    node_slot: torch.Tensor  # [B, M] int32: slot of n in its parent, -1 for the root and unused nodes
-    edge_child: torch.Tensor  # [B, E] int32: child node of the slot, -1 while not created
+    node_parent: torch.Tensor  # [B, M] int64: parent node, -1 for the root and unused nodes
+    node_slot: torch.Tensor  # [B, M] int64: slot of n in its parent, -1 for the root and unused nodes
+    edge_child: torch.Tensor  # [B, E] int64: child node of the slot, -1 while not created
     edge_prior: torch.Tensor  # [B, E] float32: prior logit p of the slot
+    edge_policy: torch.Tensor  # [B, E] float32: softmax(p) over the slot's node, written once at expansion
     edge_action: torch.Tensor  # [B, E, A]: sampled action of the slot (dtype of the root actions)
     gumbel: torch.Tensor  # [B, K] float32: Gumbel noise g of the root slots
-    survivors: torch.Tensor  # [B, K] int32: surviving root slots in order, -1 padded
+    survivors: torch.Tensor  # [B, K] int64: surviving root slots in order, -1 padded
     minmax_lo: torch.Tensor  # [B] float32: smallest backed-up value seen (+inf before any)
     minmax_hi: torch.Tensor  # [B] float32: largest backed-up value seen (-inf before any)
     num_root_actions: int  # K
@@ -56,7 +57,7 @@ class Tree:
 
 @dataclasses.dataclass
 class Selection:
-    """Where simulation s attaches its new leaf, per tree (all [B] int32)."""
+    """Where simulation s attaches its new leaf, per tree (all [B] int64)."""
 
     parent: torch.Tensor  # node whose slot was taken; the new node s+1 becomes its child
     slot: torch.Tensor  # the slot of `parent` that was taken
@@ -74,7 +75,7 @@ def edge_index(node: torch.Tensor, slot: torch.Tensor, num_root_actions: int,
 def top_candidates(keys: torch.Tensor, count: int) -> torch.Tensor:
     """Positions of the ``count`` largest keys per row, largest first, ties to the lower position.
 
-    keys: [B, L] float; returns [B, count] int32. Ranks are counted pairwise (no sort), so the order
+    keys: [B, L] float; returns [B, count] int64. Ranks are counted pairwise (no sort), so the order
     is the defined one on every device and equal to the Triton kernels' ranking.
     """
     rank = rank_descending(keys)
@@ -111,25 +112,28 @@ def init_tree(root_value: torch.Tensor, root_actions: torch.Tensor, root_prior_l
     num_nodes, num_edges = n + 1, num_root + n * k
     m = min(config.num_top_actions, num_root)
 
-    node_visits = torch.zeros(batch, num_nodes, dtype=_INDEX, device=device)
+    node_visits = torch.zeros(batch, num_nodes, dtype=torch.int32, device=device)
     node_visits[:, 0] = 1
     node_value_sum = torch.zeros(batch, num_nodes, dtype=torch.float32, device=device)
     node_value_sum[:, 0] = root_value.float()
     edge_prior = torch.zeros(batch, num_edges, dtype=torch.float32, device=device)
     edge_prior[:, :num_root] = root_prior_logits.float()
+    edge_policy = torch.zeros(batch, num_edges, dtype=torch.float32, device=device)
+    edge_policy[:, :num_root] = torch.softmax(edge_prior[:, :num_root], dim=1)
     edge_action = root_actions.new_zeros(batch, num_edges, root_actions.shape[2])
     edge_action[:, :num_root] = root_actions
     gumbel = gumbel.float()
-    survivors = torch.full((batch, num_root), -1, dtype=_INDEX, device=device)
-    survivors[:, :m] = top_candidates(gumbel + edge_prior[:, :num_root], m).to(_INDEX)
+    survivors = torch.full((batch, num_root), -1, dtype=_LINK, device=device)
+    survivors[:, :m] = top_candidates(gumbel + edge_prior[:, :num_root], m)
     return Tree(
         node_visits=node_visits,
         node_value_sum=node_value_sum,
         node_reward=torch.zeros(batch, num_nodes, dtype=torch.float32, device=device),
-        node_parent=torch.full((batch, num_nodes), -1, dtype=_INDEX, device=device),
-        node_slot=torch.full((batch, num_nodes), -1, dtype=_INDEX, device=device),
-        edge_child=torch.full((batch, num_edges), -1, dtype=_INDEX, device=device),
+        node_parent=torch.full((batch, num_nodes), -1, dtype=_LINK, device=device),
+        node_slot=torch.full((batch, num_nodes), -1, dtype=_LINK, device=device),
+        edge_child=torch.full((batch, num_edges), -1, dtype=_LINK, device=device),
         edge_prior=edge_prior,
+        edge_policy=edge_policy,
         edge_action=edge_action,
         gumbel=gumbel.contiguous(),
         survivors=survivors,
@@ -158,6 +162,7 @@ def expand(tree: Tree, simulation: int, selection: Selection, reward: torch.Tens
     tree.node_parent[:, node] = selection.parent
     tree.node_slot[:, node] = selection.slot
     tree.edge_prior[:, first:first + k] = child_prior_logits
+    tree.edge_policy[:, first:first + k] = torch.softmax(tree.edge_prior[:, first:first + k], dim=1)
     tree.edge_action[:, first:first + k] = child_actions
     link = edge_index(selection.parent, selection.slot, tree.num_root_actions, k)
-    tree.edge_child.scatter_(1, link[:, None].long(), node)
+    tree.edge_child.scatter_(1, link[:, None], node)

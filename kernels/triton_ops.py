@@ -71,9 +71,9 @@ if triton is not None:
         node_visits_in, node_value_sum_in, node_reward_in,
         # Children of one node per lane:
         row_nodes,  # [BB] int: offset of the lane's tree in the node arrays
-        child,  # [BB, S] int32: child node per slot, -1 = not created
+        child,  # [BB, S] int64: child node per slot, -1 = not created
         valid,  # [BB, S] bool: slot exists
-        prior,  # [BB, S] float32: prior logits
+        policy,  # [BB, S] float32: softmax of the prior logits over the node's slots
         parent_visits,  # [BB] float32: N(n)
         parent_value_sum,  # [BB] float32: W(n)
         lo, hi,  # [BB] float32: min-max stats
@@ -87,8 +87,7 @@ if triton is not None:
         child_value = tl.load(node_value_sum_in + offset, mask=exists, other=0.0) / tl.maximum(child_visits, 1.0)
         q = tl.load(node_reward_in + offset, mask=exists, other=0.0) + discount * child_value
 
-        pi = _masked_softmax(prior, valid)
-        pi_expanded = tl.where(exists, pi, 0.0)
+        pi_expanded = tl.where(exists, policy, 0.0)
         pi_sum = tl.sum(pi_expanded, 1)
         pi_q = tl.sum(pi_expanded * tl.where(exists, q, 0.0), 1)
         parent_value = parent_value_sum / parent_visits
@@ -106,8 +105,8 @@ if triton is not None:
     @triton.jit
     def _select_kernel(
         # Tree in:
-        node_visits_in, node_value_sum_in, node_reward_in, edge_child_in, edge_prior_in, survivors_in,
-        minmax_lo_in, minmax_hi_in,
+        node_visits_in, node_value_sum_in, node_reward_in, edge_child_in, edge_prior_in, edge_policy_in,
+        survivors_in, minmax_lo_in, minmax_hi_in,
         # Selection out:
         parent_out, slot_out, root_slot_out, depth_out,
         # Sizes:
@@ -138,9 +137,9 @@ if triton is not None:
         hi = tl.load(minmax_hi_in + tree, mask=live, other=0.0)
         c = tl.arange(0, BLOCK_C)
         slot_ok = live[:, None] & (c[None, :] < num_child)
-        node = tl.zeros([BLOCK_B], dtype=tl.int32)
+        node = tl.zeros([BLOCK_B], dtype=tl.int64)
         slot = root_slot
-        depth = tl.full([BLOCK_B], 1, dtype=tl.int32)
+        depth = tl.full([BLOCK_B], 1, dtype=tl.int64)
         below = tl.load(edge_child_in + row_edges + root_slot, mask=live, other=-1)
         for _ in range(max_descents):
             going = below >= 0
@@ -151,18 +150,19 @@ if triton is not None:
             mask = slot_ok & going[:, None]
             child = tl.load(edge_child_in + edges, mask=mask, other=-1)
             prior = tl.load(edge_prior_in + edges, mask=mask, other=0.0)
+            policy = tl.load(edge_policy_in + edges, mask=mask, other=0.0)
             parent_visits = tl.load(node_visits_in + row_nodes + node, mask=live & going, other=1).to(tl.float32)
             parent_value_sum = tl.load(node_value_sum_in + row_nodes + node, mask=live & going, other=0.0)
             sigma, child_visits, _ = _sigma_terms(
-                node_visits_in, node_value_sum_in, node_reward_in, row_nodes, child, mask, prior,
+                node_visits_in, node_value_sum_in, node_reward_in, row_nodes, child, mask, policy,
                 parent_visits, parent_value_sum, lo, hi, discount, c_visit, c_scale, value_delta)
             pi_prime = _masked_softmax(prior + sigma, mask)
             score = tl.where(mask, pi_prime - child_visits / (1.0 + parent_visits)[:, None], float("-inf"))
             best = tl.max(score, 1)
             chosen = tl.min(tl.where(score == best[:, None], c[None, :], BLOCK_C), 1)
-            chosen = tl.minimum(chosen, num_child - 1)  # a NaN score row matches nothing
+            chosen = tl.minimum(chosen, num_child - 1).to(tl.int64)  # a NaN score row matches nothing
             slot = tl.where(going, chosen, slot)
-            depth += going.to(tl.int32)
+            depth += going.to(tl.int64)
             next_child = tl.load(edge_child_in + row_edges + first + slot, mask=live & going, other=-1)
             below = tl.where(going, next_child, below)
 
@@ -192,7 +192,7 @@ if triton is not None:
         value = tl.load(leaf_value_in + tree, mask=live, other=0.0).to(tl.float32)
         lo = tl.load(minmax_lo_io + tree, mask=live, other=0.0)
         hi = tl.load(minmax_hi_io + tree, mask=live, other=0.0)
-        node = tl.full([BLOCK_B], 0, dtype=tl.int32) + leaf
+        node = tl.full([BLOCK_B], 0, dtype=tl.int64) + leaf
         active = live
         for _ in range(path_len):  # each lane walks its own path: distinct nodes, no hazards
             offset = row_nodes + node
@@ -212,7 +212,7 @@ if triton is not None:
     @triton.jit
     def _halve_kernel(
         # Tree in:
-        node_visits_in, node_value_sum_in, node_reward_in, edge_child_in, edge_prior_in, gumbel_in,
+        node_visits_in, node_value_sum_in, node_reward_in, edge_child_in, edge_prior_in, edge_policy_in, gumbel_in,
         minmax_lo_in, minmax_hi_in,
         # Tree in/out:
         survivors_io,
@@ -232,13 +232,14 @@ if triton is not None:
         # Root score g + p + sigma of every root slot.
         child = tl.load(edge_child_in + tree[:, None] * num_edges + j[None, :], mask=slot_ok, other=-1)
         prior = tl.load(edge_prior_in + tree[:, None] * num_edges + j[None, :], mask=slot_ok, other=0.0)
+        policy = tl.load(edge_policy_in + tree[:, None] * num_edges + j[None, :], mask=slot_ok, other=0.0)
         gumbel = tl.load(gumbel_in + tree[:, None] * num_root + j[None, :], mask=slot_ok, other=0.0)
         root_visits = tl.load(node_visits_in + row_nodes, mask=live, other=1).to(tl.float32)
         root_value_sum = tl.load(node_value_sum_in + row_nodes, mask=live, other=0.0)
         lo = tl.load(minmax_lo_in + tree, mask=live, other=0.0)
         hi = tl.load(minmax_hi_in + tree, mask=live, other=0.0)
         sigma, _, _ = _sigma_terms(node_visits_in, node_value_sum_in, node_reward_in, row_nodes, child, slot_ok,
-                                   prior, root_visits, root_value_sum, lo, hi, discount, c_visit, c_scale,
+                                   policy, root_visits, root_value_sum, lo, hi, discount, c_visit, c_scale,
                                    value_delta)
         score = gumbel + prior + sigma  # [BB, K] by slot
 
@@ -254,13 +255,13 @@ if triton is not None:
         rank = tl.sum(beats.to(tl.int32), 2)  # [BB, position]
         tl.debug_barrier()  # every lane has read the survivor list before any lane rewrites it
         tl.store(survivors_io + tree[:, None] * num_root + rank, survivor, mask=in_list & (rank < keep))
-        tl.store(survivors_io + tree[:, None] * num_root + j[None, :], tl.full([BLOCK_B, BLOCK_K], -1, tl.int32),
+        tl.store(survivors_io + tree[:, None] * num_root + j[None, :], tl.full([BLOCK_B, BLOCK_K], -1, tl.int64),
                  mask=live[:, None] & (j[None, :] >= keep) & (j[None, :] < num_survivors))
 
 
 def _check_layout(tree: Tree) -> None:
     for name in ("node_visits", "node_value_sum", "node_reward", "node_parent", "edge_child", "edge_prior",
-                 "gumbel", "survivors", "minmax_lo", "minmax_hi"):
+                 "edge_policy", "gumbel", "survivors", "minmax_lo", "minmax_hi"):
         if not getattr(tree, name).is_contiguous():
             raise ValueError(f"Tree.{name} must be contiguous for the Triton kernels")
 
@@ -278,10 +279,10 @@ def select(tree: Tree, config: SearchConfig, simulation: int) -> Selection:
     _check_layout(tree)
     schedule = _schedule(tree, config)
     batch = tree.batch_size
-    out = torch.empty(4, batch, dtype=torch.int32, device=tree.edge_child.device)
+    out = torch.empty(4, batch, dtype=torch.int64, device=tree.edge_child.device)
     block_b, block_k = min(SELECT_BLOCK_B, _pow2(batch)), _pow2(tree.num_root_actions)
     _select_kernel[(triton.cdiv(batch, block_b),)](
-        tree.node_visits, tree.node_value_sum, tree.node_reward, tree.edge_child, tree.edge_prior,
+        tree.node_visits, tree.node_value_sum, tree.node_reward, tree.edge_child, tree.edge_prior, tree.edge_policy,
         tree.survivors, tree.minmax_lo, tree.minmax_hi,
         out[0], out[1], out[2], out[3],
         batch, tree.num_nodes, tree.num_edges, tree.num_root_actions, tree.num_child_actions,
@@ -317,7 +318,8 @@ def sequential_halving(tree: Tree, config: SearchConfig, simulation: int) -> Non
     batch, block_k = tree.batch_size, _pow2(tree.num_root_actions)
     block_b = min(_pow2(batch), max(1, HALVE_ELEMENTS // (block_k * block_k)))
     _halve_kernel[(triton.cdiv(batch, block_b),)](
-        tree.node_visits, tree.node_value_sum, tree.node_reward, tree.edge_child, tree.edge_prior, tree.gumbel,
+        tree.node_visits, tree.node_value_sum, tree.node_reward, tree.edge_child, tree.edge_prior, tree.edge_policy,
+        tree.gumbel,
         tree.minmax_lo, tree.minmax_hi,
         tree.survivors,
         batch, tree.num_nodes, tree.num_edges, tree.num_root_actions, schedule.survivors[simulation], keep,

@@ -51,7 +51,7 @@ CASES = {
 def _assert_trees_equal(a, b, where):
     for name in ("node_visits", "node_parent", "node_slot", "edge_child", "survivors"):
         assert torch.equal(getattr(a, name), getattr(b, name)), f"{where}: {name} differs"
-    for name in ("node_value_sum", "node_reward", "edge_prior", "minmax_lo", "minmax_hi"):
+    for name in ("node_value_sum", "node_reward", "edge_prior", "edge_policy", "minmax_lo", "minmax_hi"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=RTOL, atol=ATOL,
                                    msg=lambda m: f"{where}: {name}: {m}")
 
