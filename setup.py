@@ -34,7 +34,8 @@ setup(
         "hydra-core>=1.3",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4"],
+        # setuptools and wheel: the packaging test builds a wheel offline (--no-build-isolation)
+        "test": ["pytest>=8", "pytest-benchmark>=4", "setuptools>=64", "wheel"],
         "bench": ["pytest-benchmark>=4", "jax>=0.4.30", "mctx>=0.0.5"],
     },
 )
