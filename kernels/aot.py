@@ -24,7 +24,7 @@ _SIGNATURES = {
     "_select_kernel": dict(
         node_visits_in=_I32, node_value_sum_in=_F32, node_reward_in=_F32, edge_child_in=_I64,
         edge_prior_in=_F32, edge_policy_in=_F32, survivors_in=_I64, minmax_lo_in=_F32, minmax_hi_in=_F32,
-        parent_out=_I64, slot_out=_I64, root_slot_out=_I64, depth_out=_I64,
+        parent_out=_I64, slot_out=_I64, root_slot_out=_I64, depth_out=_I64, edge_out=_I64,
         batch="i32", num_nodes="i32", num_edges="i32", num_root="i32", num_child="i32",
         num_survivors="i32", max_descents="i32",
         discount="fp32", c_visit="fp32", c_scale="fp32", value_delta="fp32"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .config import SearchConfig, halving_schedule
-from .tree import Selection, Tree, rank_descending
+from .tree import Selection, Tree, edge_index, rank_descending
 
 __all__ = ["select", "backup", "sequential_halving", "sigma_terms", "minmax_normaliser", "root_scores"]
 
@@ -97,15 +97,18 @@ def select(tree: Tree, config: SearchConfig, simulation: int) -> Selection:
     depth = torch.ones_like(slot)
     below = tree.edge_child.gather(1, slot)
     slots = torch.arange(tree.num_child_actions, device=node.device)
-    normaliser = minmax_normaliser(tree, config)
-    for _ in range(schedule.max_descents[simulation]):
+    descents = schedule.max_descents[simulation]
+    normaliser = minmax_normaliser(tree, config) if descents else None
+    for _ in range(descents):
         going = below >= 0
         node = torch.where(going, below, node)
         chosen, child = _interior_step(tree, config, node, slots, normaliser)
         slot = torch.where(going, chosen, slot)
         depth += going
         below = torch.where(going, child, below)
-    return Selection(parent=node[:, 0], slot=slot[:, 0], root_slot=root_slot, depth=depth[:, 0])
+    parent, slot = node[:, 0], slot[:, 0]
+    return Selection(parent=parent, slot=slot, root_slot=root_slot, depth=depth[:, 0],
+                     edge=edge_index(parent, slot, tree.num_root_actions, tree.num_child_actions))
 
 
 def backup(tree: Tree, config: SearchConfig, simulation: int, leaf_value: torch.Tensor) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from . import reference
 from .config import SearchConfig, halving_schedule
-from .tree import Selection, Tree, edge_index, expand, init_tree
+from .tree import Selection, Tree, expand, init_tree
 
 __all__ = [
     "SearchOutput",
@@ -153,8 +153,7 @@ def sampled_gumbel_search(
     embeddings[:, 0] = root_embedding
     for simulation in range(n):
         selection = ops.select(tree, config, simulation)
-        edge = edge_index(selection.parent, selection.slot, num_root, k)
-        action = _rows(tree.edge_action, edge)
+        action = _rows(tree.edge_action, selection.edge)
         out = recurrent_fn(_rows(embeddings, selection.parent), action)
         next_embedding, reward, value, child_actions, child_prior_logits = _check_model_outputs(
             out, root_embedding, batch, k, root_actions.shape[2]) if simulation == 0 else out

@@ -63,12 +63,13 @@ class Selection:
     slot: torch.Tensor  # the slot of `parent` that was taken
     root_slot: torch.Tensor  # the root slot on the selected path
     depth: torch.Tensor  # edges from the root to the new node
+    edge: torch.Tensor  # flat edge index of (parent, slot): where the new node is linked
 
 
 def edge_index(node: torch.Tensor, slot: torch.Tensor, num_root_actions: int,
                num_child_actions: int) -> torch.Tensor:
-    """Flat edge index of (node, slot); node, slot: [B] int -> [B] int (same dtype)."""
-    first = torch.where(node == 0, torch.zeros_like(node), num_root_actions + (node - 1) * num_child_actions)
+    """Flat edge index of (node, slot); node, slot: [...] int -> [...] int (same dtype)."""
+    first = torch.where(node > 0, node * num_child_actions + (num_root_actions - num_child_actions), 0)
     return first + slot
 
 
@@ -164,5 +165,4 @@ def expand(tree: Tree, simulation: int, selection: Selection, reward: torch.Tens
     tree.edge_prior[:, first:first + k] = child_prior_logits
     tree.edge_policy[:, first:first + k] = torch.softmax(tree.edge_prior[:, first:first + k], dim=1)
     tree.edge_action[:, first:first + k] = child_actions
-    link = edge_index(selection.parent, selection.slot, tree.num_root_actions, k)
-    tree.edge_child.scatter_(1, link[:, None], node)
+    tree.edge_child.scatter_(1, selection.edge[:, None], node)

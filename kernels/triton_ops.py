@@ -108,7 +108,7 @@ if triton is not None:
         node_visits_in, node_value_sum_in, node_reward_in, edge_child_in, edge_prior_in, edge_policy_in,
         survivors_in, minmax_lo_in, minmax_hi_in,
         # Selection out:
-        parent_out, slot_out, root_slot_out, depth_out,
+        parent_out, slot_out, root_slot_out, depth_out, edge_out,
         # Sizes:
         batch, num_nodes, num_edges, num_root, num_child, num_survivors, max_descents,
         # Config:
@@ -170,6 +170,7 @@ if triton is not None:
         tl.store(slot_out + tree, slot, mask=live)
         tl.store(root_slot_out + tree, root_slot, mask=live)
         tl.store(depth_out + tree, depth, mask=live)
+        tl.store(edge_out + tree, tl.where(node > 0, num_root + (node - 1) * num_child, 0) + slot, mask=live)
 
     @triton.jit
     def _backup_kernel(
@@ -279,18 +280,18 @@ def select(tree: Tree, config: SearchConfig, simulation: int) -> Selection:
     _check_layout(tree)
     schedule = _schedule(tree, config)
     batch = tree.batch_size
-    out = torch.empty(4, batch, dtype=torch.int64, device=tree.edge_child.device)
+    out = torch.empty(5, batch, dtype=torch.int64, device=tree.edge_child.device)
     block_b, block_k = min(SELECT_BLOCK_B, _pow2(batch)), _pow2(tree.num_root_actions)
     _select_kernel[(triton.cdiv(batch, block_b),)](
         tree.node_visits, tree.node_value_sum, tree.node_reward, tree.edge_child, tree.edge_prior, tree.edge_policy,
         tree.survivors, tree.minmax_lo, tree.minmax_hi,
-        out[0], out[1], out[2], out[3],
+        out[0], out[1], out[2], out[3], out[4],
         batch, tree.num_nodes, tree.num_edges, tree.num_root_actions, tree.num_child_actions,
         schedule.survivors[simulation], schedule.max_descents[simulation],
         *_config_args(config),
         BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_C=_pow2(tree.num_child_actions),
         num_warps=select_warps(block_k), enable_fp_fusion=False)
-    return Selection(parent=out[0], slot=out[1], root_slot=out[2], depth=out[3])
+    return Selection(parent=out[0], slot=out[1], root_slot=out[2], depth=out[3], edge=out[4])
 
 
 def backup(tree: Tree, config: SearchConfig, simulation: int, leaf_value: torch.Tensor) -> None:

@@ -75,7 +75,7 @@ def test_triton_matches_torch_step_by_step(name):
     for s in range(case.num_sim):
         sel_t = select(tree_t, config, s, backend="torch")
         sel_k = select(tree_k, config, s, backend="triton")
-        for field in ("parent", "slot", "root_slot", "depth"):
+        for field in ("parent", "slot", "root_slot", "depth", "edge"):
             assert torch.equal(getattr(sel_t, field), getattr(sel_k, field)), f"sim {s}: selection {field}"
         first = torch.where(sel_t.parent == 0, 0, case.num_root + (sel_t.parent - 1) * case.num_child)
         # The selected slot is free: the static descent bound never stops a walk early.
@@ -109,3 +109,29 @@ def test_full_search_same_outputs_on_both_backends():
     for name in ("root_value", "completed_q", "action_weights", "pi_prime_scores"):
         torch.testing.assert_close(getattr(out_t, name), getattr(out_k, name), rtol=RTOL, atol=ATOL)
     assert int(out_t.visit_counts.sum(1).min()) == 12
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_triton_matches_torch_on_random_configurations(seed):
+    """Random B, K, k, N, m0, value scales, priors, noise and ties: whole searches, both backends."""
+    g = torch.Generator().manual_seed(1000 + seed)
+
+    def draw(low, high):
+        return int(torch.randint(low, high + 1, (1,), generator=g))
+
+    batch, num_root, num_child, num_sim = draw(1, 48), draw(1, 20), draw(1, 4), draw(1, 24)
+    top = draw(1, num_root + 2)
+    quantum = [0.0, 0.5][draw(0, 1)]
+    model = LinearModel(4, 2, num_child, seed, reward_bias=draw(-2, 2) * 0.5, value_bias=draw(-2, 2),
+                        prior_scale=draw(0, 2) * 0.5, quantum=quantum)
+    roots = random_roots(batch, num_root, 4, 2, model, seed, prior_scale=draw(0, 2) * 0.5, gumbel=bool(draw(0, 1)))
+    config = SearchConfig(num_simulations=num_sim, num_top_actions=top, num_child_actions=num_child,
+                          discount=[0.99, 0.9, 1.0][draw(0, 2)])
+    out_t = sampled_gumbel_search(**roots, recurrent_fn=model, config=config, backend="torch")
+    out_k = sampled_gumbel_search(**roots, recurrent_fn=model, config=config, backend="triton")
+    where = f"B={batch} K={num_root} k={num_child} N={num_sim} m0={top}"
+    for name in ("action_index", "visit_counts", "considered", "survivors"):
+        assert torch.equal(getattr(out_t, name), getattr(out_k, name)), f"{where}: {name}"
+    _assert_trees_equal(out_t.tree, out_k.tree, where)
+    for name in ("root_value", "completed_q", "action_weights", "pi_prime_scores"):
+        torch.testing.assert_close(getattr(out_t, name), getattr(out_k, name), rtol=RTOL, atol=ATOL)
