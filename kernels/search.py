@@ -151,10 +151,12 @@ def sampled_gumbel_search(
     tree = init_tree(root_value, root_actions, root_prior_logits, gumbel, config)
     embeddings = root_embedding.new_empty((batch, n + 1) + tuple(root_embedding.shape[1:]))
     embeddings[:, 0] = root_embedding
+    node_rows = torch.arange(batch, device=root_actions.device) * (n + 1)  # row offsets into [B * (N+1), ...]
+    edge_rows = torch.arange(batch, device=root_actions.device) * tree.num_edges
     for simulation in range(n):
         selection = ops.select(tree, config, simulation)
-        action = _rows(tree.edge_action, selection.edge)
-        out = recurrent_fn(_rows(embeddings, selection.parent), action)
+        action = tree.edge_action.flatten(0, 1).index_select(0, edge_rows + selection.edge)
+        out = recurrent_fn(embeddings.flatten(0, 1).index_select(0, node_rows + selection.parent), action)
         next_embedding, reward, value, child_actions, child_prior_logits = _check_model_outputs(
             out, root_embedding, batch, k, root_actions.shape[2]) if simulation == 0 else out
         embeddings[:, simulation + 1] = next_embedding
@@ -162,12 +164,6 @@ def sampled_gumbel_search(
         ops.backup(tree, config, simulation, value)
         ops.sequential_halving(tree, config, simulation)
     return root_outputs(tree, config, root_actions)
-
-
-def _rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """values [B, X, ...], index [B] -> values[b, index[b]] as [B, ...] (a gather: cheaper than fancy indexing)."""
-    shape = (values.shape[0], 1) + tuple(values.shape[2:])
-    return values.gather(1, index.view((-1,) + (1,) * (values.dim() - 1)).expand(shape)).squeeze(1)
 
 
 def _describe(t) -> str:
