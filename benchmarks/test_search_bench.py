@@ -1,7 +1,8 @@
 """Search benchmarks: full search for B in {256, 1024, 4096}, N=32, K=16, k=2 (EZ-M's defaults).
 
-``extra_info["tree_sims_per_s"]`` = B * N / time. Groups put the torch reference, the Triton kernels
-(CUDA only) and mctx's ``gumbel_muzero_policy`` (when installed) side by side. Select and backup are
+``extra_info["tree_sims_per_s"]`` = B * N / time. Groups put the torch reference (eager, and
+compiled: backend "inductor"), the Triton kernels (CUDA only) and mctx's ``gumbel_muzero_policy``
+(when installed) side by side. Select and backup are
 also timed alone, on a tree grown to simulation 28 (the deep end of the default schedule).
 
     python -m pytest benchmarks/test_search_bench.py --benchmark-columns=mean,stddev,rounds
@@ -36,9 +37,10 @@ def _run_search(benchmark, batch, device, backend):
     assert int(out.visit_counts.sum()) == batch * CONFIG.num_simulations
 
 
+@pytest.mark.parametrize("backend", ["torch", "inductor"])
 @pytest.mark.parametrize("batch", BATCHES)
-def test_search_cpu_torch(benchmark, batch):
-    _run_search(benchmark, batch, "cpu", "torch")
+def test_search_cpu(benchmark, batch, backend):
+    _run_search(benchmark, batch, "cpu", backend)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

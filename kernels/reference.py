@@ -80,13 +80,26 @@ def _interior_step(tree: Tree, config: SearchConfig, node: torch.Tensor, slots: 
     return slot, child.gather(1, slot)
 
 
+def _schedule(tree: Tree, config: SearchConfig):
+    return halving_schedule(config.num_simulations, min(config.num_top_actions, tree.num_root_actions))
+
+
 def select(tree: Tree, config: SearchConfig, simulation: int) -> Selection:
     """Selection of simulation s (search.md step 1) for all trees.
 
-    Returns the Selection ([B] int64 parent, slot, root_slot, depth) where node s+1 is attached.
+    Returns the Selection ([B] int64 parent, slot, root_slot, depth, edge) where node s+1 is attached.
     """
-    schedule = halving_schedule(config.num_simulations, min(config.num_top_actions, tree.num_root_actions))
-    survivors = tree.survivors[:, :schedule.survivors[simulation]]  # [B, m_cur], all valid
+    schedule = _schedule(tree, config)
+    return select_walk(tree, config, schedule.survivors[simulation], schedule.max_descents[simulation])
+
+
+def select_walk(tree: Tree, config: SearchConfig, num_survivors: int, descents: int) -> Selection:
+    """``select`` given the schedule's survivor count and descent bound for this simulation.
+
+    These two integers take a handful of values per search, so a compiled version of this function
+    (the "inductor" backend) is specialised a handful of times, not once per simulation.
+    """
+    survivors = tree.survivors[:, :num_survivors]  # [B, m_cur], all valid
     child = tree.edge_child.gather(1, survivors)
     visits = tree.node_visits.gather(1, child.clamp(min=0)).masked_fill_(child < 0, 0)
     first_fewest = visits.argmin(1, keepdim=True)  # argmin returns the first (earliest) minimum
@@ -97,7 +110,6 @@ def select(tree: Tree, config: SearchConfig, simulation: int) -> Selection:
     depth = torch.ones_like(slot)
     below = tree.edge_child.gather(1, slot)
     slots = torch.arange(tree.num_child_actions, device=node.device)
-    descents = schedule.max_descents[simulation]
     normaliser = minmax_normaliser(tree, config) if descents else None
     for _ in range(descents):
         going = below >= 0
@@ -119,9 +131,14 @@ def backup(tree: Tree, config: SearchConfig, simulation: int, leaf_value: torch.
     up it leaf first exactly as written (W += G; G = r + gamma * G), and W, N and the stats are
     updated for the whole path at once.
     """
-    schedule = halving_schedule(config.num_simulations, min(config.num_top_actions, tree.num_root_actions))
-    length = schedule.max_descents[simulation] + 2  # nodes on the path: the new node is at depth <= descents + 1
-    path = [torch.full((tree.batch_size, 1), simulation + 1, dtype=torch.int64, device=leaf_value.device)]
+    leaf = torch.full((tree.batch_size, 1), simulation + 1, dtype=torch.int64, device=leaf_value.device)
+    # Nodes on the path: the new node is at depth <= descents + 1.
+    backup_path(tree, config, leaf, _schedule(tree, config).max_descents[simulation] + 2, leaf_value)
+
+
+def backup_path(tree: Tree, config: SearchConfig, leaf: torch.Tensor, length: int, leaf_value: torch.Tensor) -> None:
+    """``backup`` from the nodes ``leaf`` ([B, 1] int64) along paths of at most ``length`` nodes."""
+    path = [leaf]
     for _ in range(length - 1):  # past the root the path continues with -1
         path.append(tree.node_parent.gather(1, path[-1].clamp(min=0)))
     path = torch.cat(path, 1)  # [B, length], leaf first
@@ -137,8 +154,8 @@ def backup(tree: Tree, config: SearchConfig, simulation: int, leaf_value: torch.
     added, backed = torch.stack(added, 1), torch.stack(backed, 1)
     tree.node_value_sum.scatter_add_(1, node, torch.where(on_path, added, 0.0))  # past the root: root += 0
     tree.node_visits.scatter_add_(1, node, on_path.to(tree.node_visits.dtype))
-    torch.minimum(tree.minmax_lo, torch.where(on_path, backed, float("inf")).amin(1), out=tree.minmax_lo)
-    torch.maximum(tree.minmax_hi, torch.where(on_path, backed, float("-inf")).amax(1), out=tree.minmax_hi)
+    tree.minmax_lo.copy_(torch.minimum(tree.minmax_lo, torch.where(on_path, backed, float("inf")).amin(1)))
+    tree.minmax_hi.copy_(torch.maximum(tree.minmax_hi, torch.where(on_path, backed, float("-inf")).amax(1)))
 
 
 def root_scores(tree: Tree, config: SearchConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -157,7 +174,7 @@ def sequential_halving(tree: Tree, config: SearchConfig, simulation: int) -> Non
     When the static schedule halves at s, ranks the survivors by root score (descending, ties to the
     earlier survivor) and keeps the first floor(m_cur / 2) in that order; otherwise does nothing.
     """
-    schedule = halving_schedule(config.num_simulations, min(config.num_top_actions, tree.num_root_actions))
+    schedule = _schedule(tree, config)
     keep, count = schedule.keep[simulation], schedule.survivors[simulation]
     if keep == 0:
         return

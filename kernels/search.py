@@ -21,7 +21,7 @@ __all__ = [
     "resolve_backend",
 ]
 
-Backend = Literal["torch", "triton"]
+Backend = Literal["torch", "triton", "inductor"]
 
 RecurrentFn = Callable[[torch.Tensor, torch.Tensor], tuple]
 """recurrent_fn(embedding [B, D], action [B, A]) ->
@@ -45,11 +45,16 @@ class SearchOutput:
 
 
 def resolve_backend(backend: Optional[str], device: torch.device) -> Backend:
-    """``None`` picks Triton for CUDA tensors and torch otherwise; an explicit choice is checked."""
+    """``None`` picks Triton for CUDA tensors and torch otherwise; an explicit choice is checked.
+
+    "torch": the eager reference, any device. "triton": the Triton kernels (CUDA, or the interpreter
+    under TRITON_INTERPRET=1). "inductor": the reference with selection and backup compiled by
+    torch.compile, the fast CPU path once compiled (first search of a shape compiles).
+    """
     if backend is None:
         return "triton" if device.type == "cuda" else "torch"
-    if backend not in ("torch", "triton"):
-        raise ValueError(f"backend must be 'torch', 'triton' or None (automatic), got {backend!r}")
+    if backend not in ("torch", "triton", "inductor"):
+        raise ValueError(f"backend must be 'torch', 'triton', 'inductor' or None (automatic), got {backend!r}")
     if backend == "triton":
         from . import triton_ops
 
@@ -65,6 +70,10 @@ def _ops(backend: Backend):
         from . import triton_ops
 
         return triton_ops
+    if backend == "inductor":
+        from . import compiled
+
+        return compiled
     return reference
 
 
@@ -133,7 +142,8 @@ def sampled_gumbel_search(
       config: a ``SearchConfig``.
       gumbel: optional [B, K] float Gumbel noise g (EZ-M continuous control: zeros, the default).
       backend: ``"torch"`` (reference, any device), ``"triton"`` (CUDA, or the interpreter under
-        TRITON_INTERPRET=1) or ``None``: Triton for CUDA tensors, torch otherwise.
+        TRITON_INTERPRET=1), ``"inductor"`` (the reference with selection and backup compiled by
+        torch.compile; compiles on first use) or ``None``: Triton for CUDA tensors, torch otherwise.
       check_finite: reject a non-finite ``root_value`` before the search. This reads one flag back
         from the device; a no-sync acting loop on CUDA passes False (shapes, dtypes and devices are
         always checked, at no device cost).

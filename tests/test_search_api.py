@@ -45,7 +45,7 @@ class _NoCalls:
     (dict(root_prior_logits=[[0.0] * 6] * 4), r"root_prior_logits must be a torch.Tensor"),
     (dict(root_value=torch.zeros(4, device="meta")), r"all inputs must be on one device"),
     (dict(config=dict(num_simulations=4)), r"config must be a SearchConfig"),
-    (dict(backend="cuda"), r"backend must be 'torch', 'triton' or None"),
+    (dict(backend="cuda"), r"backend must be 'torch', 'triton', 'inductor' or None"),
 ])
 def test_bad_inputs_fail_before_any_work(overrides, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -141,3 +141,17 @@ def test_visits_are_spread_as_the_schedule_says():
     expected = torch.tensor([4] * 4 + [2] * 4 + [1] * 8)  # 16 once, then 8 once more, then 4 twice more
     assert torch.equal(visits, expected.expand(5, -1).to(visits.dtype))
     assert out.considered.sum(1).tolist() == [2] * 5
+
+
+def test_inductor_backend_matches_the_reference():
+    """The torch.compile'd reference (the fast CPU path) returns exactly the eager reference's search."""
+    roots, model, config = _inputs(batch=9, num_root=5, config=SearchConfig(num_simulations=9, num_top_actions=4))
+    eager = sampled_gumbel_search(**roots, recurrent_fn=model, config=config, backend="torch")
+    compiled = sampled_gumbel_search(**roots, recurrent_fn=model, config=config, backend="inductor")
+    for name in ("action_index", "visit_counts", "survivors", "considered"):
+        assert torch.equal(getattr(eager, name), getattr(compiled, name)), name
+    for name in ("node_visits", "node_parent", "edge_child"):
+        assert torch.equal(getattr(eager.tree, name), getattr(compiled.tree, name)), name
+    for name in ("root_value", "completed_q", "action_weights"):
+        torch.testing.assert_close(getattr(eager, name), getattr(compiled, name), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(eager.tree.node_value_sum, compiled.tree.node_value_sum, rtol=1e-5, atol=1e-6)
