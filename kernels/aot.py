@@ -55,18 +55,6 @@ class KernelReport:
     ptx: str  # the generated PTX (e.g. for inspection)
 
 
-def _launch_params(num_root: int, num_child: int) -> dict:
-    """(constexprs, num_warps) per kernel, as the launchers choose them for a large batch."""
-    block_k, block_c = triton_ops._pow2(num_root), triton_ops._pow2(num_child)
-    return {
-        "_select_kernel": (dict(BLOCK_B=triton_ops.SELECT_BLOCK_B, BLOCK_K=block_k, BLOCK_C=block_c),
-                           triton_ops.select_warps(block_k)),
-        "_backup_kernel": (dict(BLOCK_B=triton_ops.SELECT_BLOCK_B), triton_ops.SELECT_WARPS),
-        "_halve_kernel": (dict(BLOCK_B=max(1, triton_ops.HALVE_ELEMENTS // (block_k * block_k)),
-                               BLOCK_K=block_k), 4),
-    }
-
-
 def _ptxas_report(ptx_asm: str) -> dict:
     """Registers and spill/stack bytes that ``ptxas -v`` reports for this PTX.
 
@@ -112,7 +100,7 @@ def compile_kernels(arch: int = 90, num_root: int = 16, num_child: int = 2) -> l
 
     target = GPUTarget("cuda", arch, 32)
     reports = []
-    for name, (constexprs, num_warps) in _launch_params(num_root, num_child).items():
+    for name, (constexprs, num_warps) in triton_ops.launch_params(num_root, num_child).items():
         kernel = getattr(triton_ops, name)
         signature = dict(_SIGNATURES[name])
         missing = [arg for arg in kernel.arg_names if arg not in signature and arg not in constexprs]

@@ -24,11 +24,11 @@ sequential_halving = reference.sequential_halving  # runs 3-4 times per search: 
 
 def select(tree: Tree, config: SearchConfig, simulation: int) -> Selection:
     """Compiled ``reference.select``."""
-    schedule = reference._schedule(tree, config)
+    schedule = config.schedule(tree.num_root_actions)
     return _select_walk(tree, config, schedule.survivors[simulation], schedule.max_descents[simulation])
 
 
 def backup(tree: Tree, config: SearchConfig, simulation: int, leaf_value: torch.Tensor) -> None:
     """Compiled ``reference.backup``."""
     leaf = torch.full((tree.batch_size, 1), simulation + 1, dtype=torch.int64, device=leaf_value.device)
-    _backup_path(tree, config, leaf, reference._schedule(tree, config).max_descents[simulation] + 2, leaf_value)
+    _backup_path(tree, config, leaf, config.schedule(tree.num_root_actions).max_descents[simulation] + 2, leaf_value)

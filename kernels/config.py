@@ -41,6 +41,10 @@ class SearchConfig:
         if self.value_delta <= 0:
             raise ValueError(f"SearchConfig.value_delta must be > 0, got {self.value_delta!r}")
 
+    def schedule(self, num_root_actions: int) -> "HalvingSchedule":
+        """The sequential-halving schedule of a search with K = num_root_actions candidates."""
+        return halving_schedule(self.num_simulations, min(self.num_top_actions, num_root_actions))
+
 
 @dataclasses.dataclass(frozen=True)
 class HalvingSchedule:

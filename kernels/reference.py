@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import SearchConfig, halving_schedule
+from .config import SearchConfig
 from .tree import Selection, Tree, edge_index, rank_descending
 
 __all__ = ["select", "backup", "sequential_halving", "sigma_terms", "minmax_normaliser", "root_scores"]
@@ -80,16 +80,12 @@ def _interior_step(tree: Tree, config: SearchConfig, node: torch.Tensor, slots: 
     return slot, child.gather(1, slot)
 
 
-def _schedule(tree: Tree, config: SearchConfig):
-    return halving_schedule(config.num_simulations, min(config.num_top_actions, tree.num_root_actions))
-
-
 def select(tree: Tree, config: SearchConfig, simulation: int) -> Selection:
     """Selection of simulation s (search.md step 1) for all trees.
 
     Returns the Selection ([B] int64 parent, slot, root_slot, depth, edge) where node s+1 is attached.
     """
-    schedule = _schedule(tree, config)
+    schedule = config.schedule(tree.num_root_actions)
     return select_walk(tree, config, schedule.survivors[simulation], schedule.max_descents[simulation])
 
 
@@ -133,7 +129,7 @@ def backup(tree: Tree, config: SearchConfig, simulation: int, leaf_value: torch.
     """
     leaf = torch.full((tree.batch_size, 1), simulation + 1, dtype=torch.int64, device=leaf_value.device)
     # Nodes on the path: the new node is at depth <= descents + 1.
-    backup_path(tree, config, leaf, _schedule(tree, config).max_descents[simulation] + 2, leaf_value)
+    backup_path(tree, config, leaf, config.schedule(tree.num_root_actions).max_descents[simulation] + 2, leaf_value)
 
 
 def backup_path(tree: Tree, config: SearchConfig, leaf: torch.Tensor, length: int, leaf_value: torch.Tensor) -> None:
@@ -174,7 +170,7 @@ def sequential_halving(tree: Tree, config: SearchConfig, simulation: int) -> Non
     When the static schedule halves at s, ranks the survivors by root score (descending, ties to the
     earlier survivor) and keeps the first floor(m_cur / 2) in that order; otherwise does nothing.
     """
-    schedule = _schedule(tree, config)
+    schedule = config.schedule(tree.num_root_actions)
     keep, count = schedule.keep[simulation], schedule.survivors[simulation]
     if keep == 0:
         return

@@ -7,7 +7,7 @@ from typing import Callable, Literal, Optional
 import torch
 
 from . import reference
-from .config import SearchConfig, halving_schedule
+from .config import SearchConfig
 from .tree import Selection, Tree, expand, init_tree
 
 __all__ = [
@@ -95,7 +95,7 @@ def sequential_halving(tree: Tree, config: SearchConfig, simulation: int, backen
 
 def root_outputs(tree: Tree, config: SearchConfig, root_actions: torch.Tensor) -> SearchOutput:
     """Outputs of search.md from a searched tree; root_actions [B, K, A]."""
-    schedule = halving_schedule(config.num_simulations, min(config.num_top_actions, tree.num_root_actions))
+    schedule = config.schedule(tree.num_root_actions)
     num_root = tree.num_root_actions
     score, pi_prime_scores, completed_q = reference.root_scores(tree, config)
     survivors = tree.survivors[:, :schedule.final_survivors]

@@ -7,11 +7,12 @@ memory; lanes gather their own node/edge records with computed offsets.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 
-from .config import SearchConfig, halving_schedule
+from .config import SearchConfig
 from .tree import Selection, Tree
 
 try:  # triton is a Linux-only dependency; the torch reference works without it
@@ -26,7 +27,7 @@ except ImportError as error:  # pragma: no cover - exercised only where triton i
 __all__ = ["select", "backup", "sequential_halving", "available", "unavailable_reason", "KERNELS"]
 
 SELECT_BLOCK_B = 32  # trees per program in select/backup: one tree per lane of a warp
-SELECT_WARPS = 1  # backup; select scales this with the root tile (see select_warps)
+SELECT_WARPS = 1  # backup; select scales this with the root tile (see launch_params)
 HALVE_ELEMENTS = 2048  # trees x K x K ranking tile of one halving program
 
 
@@ -49,9 +50,20 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def select_warps(block_k: int) -> int:
-    """Warps of a select program: one per 512 elements of its [BLOCK_B, BLOCK_K] root tile (1 … 8)."""
-    return max(1, min(8, SELECT_BLOCK_B * block_k // 512))
+@functools.lru_cache(maxsize=None)
+def launch_params(num_root: int, num_child: int) -> dict:
+    """Per kernel: (tile constexprs, num_warps) for K root and k child slots. The launchers and the
+    AOT check (``aot.compile_kernels``) both use this, so what CI compiles is what runs."""
+    block_k, block_c = _pow2(num_root), _pow2(num_child)
+    return {
+        # One tree per lane; warps grow with the [BLOCK_B, BLOCK_K] root tile (one per 512 elements).
+        "_select_kernel": (dict(BLOCK_B=SELECT_BLOCK_B, BLOCK_K=block_k, BLOCK_C=block_c),
+                           max(1, min(8, SELECT_BLOCK_B * block_k // 512))),
+        # Always a full warp of lanes, even for B < 32: a tree's read-modify-write of W and N is then
+        # done by exactly one thread (no replicated lanes), with no atomics.
+        "_backup_kernel": (dict(BLOCK_B=SELECT_BLOCK_B), SELECT_WARPS),
+        "_halve_kernel": (dict(BLOCK_B=max(1, HALVE_ELEMENTS // (block_k * block_k)), BLOCK_K=block_k), 4),
+    }
 
 
 if triton is not None:
@@ -267,10 +279,6 @@ def _check_layout(tree: Tree) -> None:
             raise ValueError(f"Tree.{name} must be contiguous for the Triton kernels")
 
 
-def _schedule(tree: Tree, config: SearchConfig):
-    return halving_schedule(config.num_simulations, min(config.num_top_actions, tree.num_root_actions))
-
-
 def _config_args(config: SearchConfig):
     return (float(config.discount), float(config.c_visit), float(config.c_scale), float(config.value_delta))
 
@@ -278,54 +286,52 @@ def _config_args(config: SearchConfig):
 def select(tree: Tree, config: SearchConfig, simulation: int) -> Selection:
     """Triton twin of ``reference.select``."""
     _check_layout(tree)
-    schedule = _schedule(tree, config)
+    schedule = config.schedule(tree.num_root_actions)
     batch = tree.batch_size
     out = torch.empty(5, batch, dtype=torch.int64, device=tree.edge_child.device)
-    block_b, block_k = min(SELECT_BLOCK_B, _pow2(batch)), _pow2(tree.num_root_actions)
-    _select_kernel[(triton.cdiv(batch, block_b),)](
+    tiles, warps = launch_params(tree.num_root_actions, tree.num_child_actions)["_select_kernel"]
+    _select_kernel[(triton.cdiv(batch, tiles["BLOCK_B"]),)](
         tree.node_visits, tree.node_value_sum, tree.node_reward, tree.edge_child, tree.edge_prior, tree.edge_policy,
         tree.survivors, tree.minmax_lo, tree.minmax_hi,
         out[0], out[1], out[2], out[3], out[4],
         batch, tree.num_nodes, tree.num_edges, tree.num_root_actions, tree.num_child_actions,
         schedule.survivors[simulation], schedule.max_descents[simulation],
         *_config_args(config),
-        BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_C=_pow2(tree.num_child_actions),
-        num_warps=select_warps(block_k), enable_fp_fusion=False)
+        **tiles, num_warps=warps, enable_fp_fusion=False)
     return Selection(parent=out[0], slot=out[1], root_slot=out[2], depth=out[3], edge=out[4])
 
 
 def backup(tree: Tree, config: SearchConfig, simulation: int, leaf_value: torch.Tensor) -> None:
     """Triton twin of ``reference.backup``."""
     _check_layout(tree)
-    schedule = _schedule(tree, config)
+    schedule = config.schedule(tree.num_root_actions)
     batch = tree.batch_size
-    block_b = min(SELECT_BLOCK_B, _pow2(batch))
-    _backup_kernel[(triton.cdiv(batch, block_b),)](
+    tiles, warps = launch_params(tree.num_root_actions, tree.num_child_actions)["_backup_kernel"]
+    _backup_kernel[(triton.cdiv(batch, tiles["BLOCK_B"]),)](
         tree.node_visits, tree.node_value_sum, tree.minmax_lo, tree.minmax_hi,
         tree.node_reward, tree.node_parent,
         leaf_value.contiguous(),
         batch, tree.num_nodes, simulation + 1, schedule.max_descents[simulation] + 2,
         float(config.discount),
-        BLOCK_B=block_b, num_warps=SELECT_WARPS, enable_fp_fusion=False)
+        **tiles, num_warps=warps, enable_fp_fusion=False)
 
 
 def sequential_halving(tree: Tree, config: SearchConfig, simulation: int) -> None:
     """Triton twin of ``reference.sequential_halving``."""
-    schedule = _schedule(tree, config)
+    schedule = config.schedule(tree.num_root_actions)
     keep = schedule.keep[simulation]
     if keep == 0:
         return
     _check_layout(tree)
-    batch, block_k = tree.batch_size, _pow2(tree.num_root_actions)
-    block_b = min(_pow2(batch), max(1, HALVE_ELEMENTS // (block_k * block_k)))
-    _halve_kernel[(triton.cdiv(batch, block_b),)](
+    batch = tree.batch_size
+    tiles, warps = launch_params(tree.num_root_actions, tree.num_child_actions)["_halve_kernel"]
+    _halve_kernel[(triton.cdiv(batch, tiles["BLOCK_B"]),)](
         tree.node_visits, tree.node_value_sum, tree.node_reward, tree.edge_child, tree.edge_prior, tree.edge_policy,
-        tree.gumbel,
-        tree.minmax_lo, tree.minmax_hi,
+        tree.gumbel, tree.minmax_lo, tree.minmax_hi,
         tree.survivors,
         batch, tree.num_nodes, tree.num_edges, tree.num_root_actions, schedule.survivors[simulation], keep,
         *_config_args(config),
-        BLOCK_B=block_b, BLOCK_K=block_k, num_warps=4, enable_fp_fusion=False)
+        **tiles, num_warps=warps, enable_fp_fusion=False)
 
 
 KERNELS = ("_select_kernel", "_backup_kernel", "_halve_kernel")
