@@ -1,0 +1,74 @@
+"""Task ids and HumanoidBench scenes loaded into MuJoCo (C) and MuJoCo-Warp."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import mujoco
+
+from .assets import resolve_root
+
+__all__ = ["MEDIUM_TASKS", "TaskId", "parse_task_id", "load_mj_model", "Capacity", "put_warp"]
+
+MEDIUM_TASKS = ("stand", "walk", "run", "stair", "crawl", "pole", "slide", "hurdle", "maze")  # EZ-M's medium set
+_ROBOT_TASKS = {"h1": MEDIUM_TASKS}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskId:
+    """A HumanoidBench task: robot ("h1") and task ("walk"); ``str()`` is the canonical id "h1-walk"."""
+
+    robot: str
+    task: str
+
+    def __str__(self) -> str:
+        return f"{self.robot}-{self.task}"
+
+
+def valid_task_ids() -> list[str]:
+    return [f"{robot}-{task}" for robot, tasks in _ROBOT_TASKS.items() for task in tasks]
+
+
+def parse_task_id(task_id: str) -> TaskId:
+    """"h1-walk" or HumanoidBench's registered "h1-walk-v0" -> TaskId; unknown ids list the valid ones."""
+    if not isinstance(task_id, str):
+        raise TypeError(f"task id must be a string such as 'h1-walk', got {type(task_id).__name__}")
+    name = task_id[:-3] if task_id.endswith("-v0") else task_id
+    robot, _, task = name.partition("-")
+    if task not in _ROBOT_TASKS.get(robot, ()):
+        raise ValueError(f"unknown task {task_id!r}; valid ids (a trailing '-v0' is accepted): "
+                         + ", ".join(valid_task_ids()))
+    return TaskId(robot, task)
+
+
+def load_mj_model(task_id: str, root: Optional[os.PathLike | str] = None) -> mujoco.MjModel:
+    """HumanoidBench's own scene ``envs/{robot}_pos_{task}.xml`` compiled by MuJoCo (C)."""
+    task = parse_task_id(task_id)
+    path = resolve_root(root) / "humanoid_bench" / "assets" / "envs" / f"{task.robot}_pos_{task.task}.xml"
+    return mujoco.MjModel.from_xml_path(str(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """Per-world contact and constraint capacity of a MuJoCo-Warp Data (``nconmax``/``njmax``)."""
+
+    contacts: int  # contacts per world
+    constraints: int  # constraint rows per world
+
+
+def put_warp(mj_model: mujoco.MjModel, num_worlds: int, capacity: Capacity, device: Optional[str] = None):
+    """MuJoCo-Warp Model and Data for ``num_worlds`` worlds of ``mj_model`` with the given capacity.
+
+    Returns ``(model, data)``. A step that needs more contacts or constraint rows than the capacity
+    sets a bit in ``data.overflow`` (per world) instead of growing: callers check it and fail loudly.
+    """
+    import mujoco_warp as mjw
+    import warp as wp
+
+    if num_worlds < 1:
+        raise ValueError(f"num_worlds must be >= 1, got {num_worlds}")
+    with wp.ScopedDevice(device):
+        model = mjw.put_model(mj_model)
+        data = mjw.make_data(mj_model, nworld=num_worlds, nconmax=capacity.contacts, njmax=capacity.constraints)
+    return model, data
