@@ -1,0 +1,286 @@
+"""A batched HumanoidBench task: many worlds of one MuJoCo-Warp model, rewards and resets on device."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import mujoco
+import torch
+
+from . import rewards
+from .scene import Capacity, TaskId, load_mj_model, parse_task_id, put_warp
+
+__all__ = ["HumanoidBenchEnv", "make", "DEFAULT_CAPACITY", "FRAME_SKIP", "RESET_NOISE", "TIME_LIMIT"]
+
+FRAME_SKIP = 10  # physics steps per env step: 0.002 s x 10 = 50 Hz, HumanoidBench's frame_skip
+RESET_NOISE = 0.01  # reset adds U(-0.01, 0.01) to every qpos entry (HumanoidBench's reset_noise_scale)
+TIME_LIMIT = 1000  # HumanoidBench's max_episode_steps
+EXPLODED_QVEL = 1e4  # a world whose |qvel| exceeds this (or is not finite) has diverged: reset it
+# The recordings peak at 15 contacts per world (h1, falls included); 3x that, 4 pyramidal rows each.
+DEFAULT_CAPACITY = Capacity(contacts=48, constraints=256)
+
+
+class CapacityOverflowError(RuntimeError):
+    """MuJoCo-Warp ran out of contact or constraint capacity: contacts would have been dropped."""
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2**32)."""
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
+    x = ((x ^ (x >> 15)) * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def hashed_uniform(seed: int, world: torch.Tensor, counter: torch.Tensor, width: int, low: float,
+                   high: float) -> torch.Tensor:
+    """Per-world reproducible uniforms: [W, width] float32 in [low, high).
+
+    A counter-based generator: the draw of world w at its n-th reset depends only on (seed, w, n),
+    not on which other worlds reset, the device, or the order of calls; no generator state to sync.
+    """
+    lane = torch.arange(width, device=world.device, dtype=torch.int64)
+    x = _mix32((seed * 0x9E3779B1 + world.long()) & 0xFFFFFFFF)
+    x = _mix32((x + counter.long() * 0x85EBCA6B) & 0xFFFFFFFF)
+    x = _mix32((x[:, None] + lane * 0xC2B2AE35 + 1) & 0xFFFFFFFF)
+    unit = (x >> 8).to(torch.float32) * (1.0 / (1 << 24))
+    return low + (high - low) * unit
+
+
+@dataclasses.dataclass(frozen=True)
+class _Readout:
+    """Ids of the model objects the rewards read."""
+
+    head: int
+    left_foot: int
+    right_foot: int
+    imu: int
+    torso: int
+    pelvis: int
+    com_velocity: int  # sensordata address of pelvis_subtreelinvel
+
+    @classmethod
+    def of(cls, m: mujoco.MjModel) -> "_Readout":
+        def find(kind, name):
+            index = mujoco.mj_name2id(m, kind, name)
+            if index < 0:
+                raise ValueError(f"the scene has no {kind.name[6:].lower()} named {name!r}")
+            return index
+
+        site, body, sensor = mujoco.mjtObj.mjOBJ_SITE, mujoco.mjtObj.mjOBJ_BODY, mujoco.mjtObj.mjOBJ_SENSOR
+        return cls(head=find(site, "head"), left_foot=find(site, "left_foot"), right_foot=find(site, "right_foot"),
+                   imu=find(site, "imu"), torso=find(body, "torso_link"), pelvis=find(body, "pelvis"),
+                   com_velocity=int(m.sensor_adr[find(sensor, "pelvis_subtreelinvel")]))
+
+
+class HumanoidBenchEnv:
+    """``num_envs`` worlds of one HumanoidBench task on MuJoCo-Warp (``../shared/spec/envs.md``).
+
+    Observations, rewards, terminations and resets are torch tensors on ``device`` that share memory
+    with Warp's arrays. ``step`` never reads back to the host unless ``validate=True`` (the default),
+    which checks the actions for NaN and the previous step for capacity overflow with one read; a
+    training loop passes ``validate=False`` and calls ``check()`` now and then.
+
+    Attributes:
+      task: the TaskId; obs_dim, action_dim; num_envs; device (torch.device).
+    """
+
+    def __init__(self, task: str, num_envs: int, device: Optional[str] = None, seed: int = 0,
+                 time_limit: int = TIME_LIMIT, ignore_termination: bool = False, root=None,
+                 capacity: Capacity = DEFAULT_CAPACITY):
+        self.task: TaskId = parse_task_id(task)
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        if isinstance(time_limit, bool) or not isinstance(time_limit, int) or time_limit < 1:
+            raise ValueError(f"time_limit must be an integer >= 1, got {time_limit!r}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but no CUDA device is available")
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.num_envs, self.seed = num_envs, int(seed)
+        self.time_limit, self.ignore_termination = time_limit, bool(ignore_termination)
+        self.capacity = capacity
+        self.mj_model = m = load_mj_model(str(self.task), root)
+        self._readout_ids = _Readout.of(m)
+        self.obs_dim, self.action_dim = m.nq + m.nv, m.nu
+
+        import warp as wp
+
+        self._wp_device = "cpu" if self.device.type == "cpu" else f"cuda:{self.device.index or 0}"
+        self.model, self.data = put_warp(m, num_envs, capacity, device=self._wp_device)
+        d, view = self.data, wp.to_torch
+        self._qpos, self._qvel, self._ctrl = view(d.qpos), view(d.qvel), view(d.ctrl)
+        self._warmstart, self._time = view(d.qacc_warmstart), view(d.time)
+        self._site_xpos, self._xpos, self._xquat, self._xmat = (view(d.site_xpos), view(d.xpos), view(d.xquat),
+                                                                 view(d.xmat))
+        self._sensordata, self._actuator_force = view(d.sensordata), view(d.actuator_force)
+        self._contact_geom, self._contact_world = view(d.contact.geom), view(d.contact.worldid)
+        self._nacon, self._overflow = view(d.nacon), view(d.overflow)
+
+        dev = self.device
+        # HumanoidBench un-normalises with the float32-rounded ctrlrange, in float32.
+        self._ctrl_low = torch.tensor(m.actuator_ctrlrange[:, 0], dtype=torch.float32, device=dev)
+        self._ctrl_high = torch.tensor(m.actuator_ctrlrange[:, 1], dtype=torch.float32, device=dev)
+        self._key_qpos = torch.tensor(m.key_qpos[0], dtype=torch.float32, device=dev)
+        geom_names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, i) or "" for i in range(m.ngeom)]
+        self._constants = rewards.task_constants(str(self.task), geom_names, device=dev, dtype=torch.float32)
+        self._worlds = torch.arange(num_envs, device=dev)
+        self._resets = torch.zeros(num_envs, dtype=torch.int64, device=dev)  # per-world reset counter (RNG)
+        self.episode_return = torch.zeros(num_envs, device=dev)
+        self.episode_length = torch.zeros(num_envs, dtype=torch.int64, device=dev)
+        self.bad_world_resets = torch.zeros((), dtype=torch.int64, device=dev)  # diverged worlds reset so far
+        self._overflow_seen = torch.zeros((), dtype=torch.int32, device=dev)
+        self.state = rewards.initial_state(str(self.task), num_envs, device=dev, dtype=torch.float32)
+        self._graph = None
+
+    # ---------------------------------------------------------------------------------------------
+    def reset(self) -> torch.Tensor:
+        """Resets every world (keyframe 0 + U(-0.01, 0.01) on qpos, zero qvel). Returns obs [W, obs_dim]."""
+        self._reset_worlds(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        return self.observation()
+
+    def observation(self) -> torch.Tensor:
+        """qpos ⊕ qvel, [W, obs_dim] float32 (a copy)."""
+        return torch.cat([self._qpos, self._qvel], dim=1)
+
+    def set_state(self, qpos: torch.Tensor, qvel: torch.Tensor, qacc_warmstart: Optional[torch.Tensor] = None,
+                  state: Optional[dict] = None) -> None:
+        """Overwrites the physics state of every world ([W, nq], [W, nv], optional [W, nv] warmstart)
+        and optionally the task state (e.g. the maze stage); for replays and tests."""
+        self._qpos.copy_(qpos)
+        self._qvel.copy_(qvel)
+        self._warmstart.copy_(qacc_warmstart if qacc_warmstart is not None else torch.zeros_like(self._warmstart))
+        if state is not None:
+            self.state = {k: v.to(self.device) for k, v in state.items()}
+
+    def _reset_worlds(self, mask: torch.Tensor) -> None:
+        """Resets the worlds where mask [W] is True, on device and without reading the mask."""
+        noise = hashed_uniform(self.seed, self._worlds, self._resets, self.mj_model.nq, -RESET_NOISE, RESET_NOISE)
+        column = mask[:, None]
+        self._qpos.copy_(torch.where(column, self._key_qpos + noise, self._qpos))
+        self._qvel.masked_fill_(column, 0.0)
+        self._warmstart.masked_fill_(column, 0.0)
+        self._ctrl.masked_fill_(column, 0.0)
+        self._time.masked_fill_(mask, 0.0)
+        self._resets += mask
+        self.episode_return.masked_fill_(mask, 0.0)
+        self.episode_length.masked_fill_(mask, 0)
+        self.state = rewards.reset_state(self.state, mask)
+
+    # ---------------------------------------------------------------------------------------------
+    def _check_action(self, action: torch.Tensor, validate: bool) -> None:
+        if not isinstance(action, torch.Tensor):
+            raise TypeError(f"action must be a torch.Tensor [num_envs, {self.action_dim}], got {type(action).__name__}")
+        if tuple(action.shape) != (self.num_envs, self.action_dim):
+            raise ValueError(f"action must have shape [{self.num_envs}, {self.action_dim}] for {self.task}, "
+                             f"got {list(action.shape)}")
+        if not action.is_floating_point():
+            raise TypeError(f"action must be a floating-point tensor, got {action.dtype}")
+        if action.device != self.device:
+            raise ValueError(f"action is on {action.device}, the env on {self.device}")
+        if validate:
+            nan, overflow = torch.stack([torch.isnan(action).any().int(), self._overflow_seen]).tolist()
+            if nan:
+                raise ValueError("action contains NaN (actions must be finite; values outside [-1, 1] are clipped)")
+            if overflow:
+                self.check()
+
+    def check(self) -> None:
+        """Raises CapacityOverflowError if any step so far ran out of contact/constraint capacity."""
+        flags = int(self._overflow_seen)
+        if flags:
+            raise CapacityOverflowError(
+                f"{self.task}: MuJoCo-Warp overflowed its capacity (overflow bits {flags:#x}: "
+                f"contacts {self.capacity.contacts}/world, constraint rows {self.capacity.constraints}/world); "
+                "contacts would be dropped. Make the env with a larger capacity=Capacity(contacts=..., "
+                "constraints=...).")
+
+    def _physics(self) -> None:
+        """FRAME_SKIP physics steps; on CUDA replayed from a captured graph (captured on first use)."""
+        import mujoco_warp as mjw
+        import warp as wp
+
+        if self.device.type != "cuda":
+            with wp.ScopedDevice(self._wp_device):
+                for _ in range(FRAME_SKIP):
+                    mjw.step(self.model, self.data)
+            return
+        with wp.ScopedDevice(self._wp_device), wp.ScopedStream(wp.stream_from_torch(torch.cuda.current_stream())):
+            if self._graph is None:
+                with wp.ScopedCapture() as capture:
+                    for _ in range(FRAME_SKIP):
+                        mjw.step(self.model, self.data)
+                self._graph = capture.graph
+            wp.capture_launch(self._graph)
+
+    def _contacts_by_world(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """MuJoCo-Warp's global contact list as per-world rows: [W, C, 2] geom pairs (-1 padded) and
+        [W] bool, True where a world had more contacts than C (they would be missed)."""
+        width, worlds = self.capacity.contacts, self.num_envs
+        total = self._contact_world.shape[0]
+        valid = torch.arange(total, device=self.device) < self._nacon.long()
+        world = torch.where(valid, self._contact_world.long(), worlds)  # invalid contacts sort last
+        world_sorted, order = torch.sort(world, stable=True)
+        counts = torch.zeros(worlds + 1, dtype=torch.int64, device=self.device).scatter_add_(
+            0, world, torch.ones_like(world))
+        first = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(total, device=self.device) - first[world_sorted]
+        keep = (world_sorted < worlds) & (slot < width)
+        target = torch.where(keep, world_sorted * width + slot, worlds * width)  # the last row is a bin
+        rows = torch.full((worlds * width + 1, 2), -1, dtype=torch.int64, device=self.device)
+        rows[target] = self._contact_geom[order].long()
+        return rows[:-1].view(worlds, width, 2), counts[:worlds] > width
+
+    def _reward_inputs(self) -> rewards.RewardInputs:
+        ids = self._readout_ids
+        contacts, missed = self._contacts_by_world()
+        self._overflow_seen |= (self._overflow != 0).any().int() | missed.any().int()
+        return rewards.RewardInputs(
+            head_z=self._site_xpos[:, ids.head, 2], left_foot_z=self._site_xpos[:, ids.left_foot, 2],
+            right_foot_z=self._site_xpos[:, ids.right_foot, 2], torso_upright=self._xmat[:, ids.torso, 2, 2],
+            com_velocity=self._sensordata[:, ids.com_velocity:ids.com_velocity + 3],
+            actuator_force=self._actuator_force, pelvis_xpos=self._xpos[:, ids.pelvis],
+            pelvis_xquat=self._xquat[:, ids.pelvis], imu_xpos=self._site_xpos[:, ids.imu],
+            qpos=self._qpos, qvel=self._qvel, contact_geom=contacts)
+
+    def step(self, action: torch.Tensor, validate: bool = True):
+        """One env step (10 physics steps) for every world, with auto-reset.
+
+        Args:
+          action: [num_envs, action_dim] float in [-1, 1] (outside values are clipped); NaN is an error
+            when ``validate``.
+          validate: read one flag back to check for NaN actions and earlier capacity overflow.
+
+        Returns:
+          obs [W, obs_dim] (the new episode's first observation where a world was reset), reward [W],
+          terminated [W] bool, truncated [W] bool (time limit, or a diverged world), info: every reward
+          term [W], ``final_observation`` [W, obs_dim] (the observation before any reset),
+          ``episode_return`` / ``episode_length`` [W] (of the episode that just ended, where ``done``),
+          ``done`` [W] bool, ``diverged`` [W] bool.
+        """
+        self._check_action(action, validate)
+        clipped = action.to(torch.float32).clamp(-1.0, 1.0)
+        self._ctrl.copy_((clipped + 1.0) / 2.0 * (self._ctrl_high - self._ctrl_low) + self._ctrl_low)
+        self._physics()
+        reward, terminated, terms, self.state = rewards.compute(str(self.task), self._reward_inputs(),
+                                                                 self._constants, self.state)
+        obs = self.observation()
+        diverged = ~torch.isfinite(obs).all(1) | (self._qvel.abs() > EXPLODED_QVEL).any(1)
+        reward = torch.where(diverged, 0.0, reward)
+        self.bad_world_resets += diverged.sum()
+        if self.ignore_termination:
+            terminated = torch.zeros_like(terminated)
+        terminated = terminated & ~diverged
+        self.episode_return += reward
+        self.episode_length += 1
+        truncated = (self.episode_length >= self.time_limit) | diverged
+        done = terminated | truncated
+        info = dict(terms, final_observation=obs, episode_return=self.episode_return.clone(),
+                    episode_length=self.episode_length.clone(), done=done, diverged=diverged)
+        self._reset_worlds(done)
+        return torch.where(done[:, None], self.observation(), obs), reward, terminated, truncated, info
+
+
+def make(task: str, num_envs: int, device: Optional[str] = None, seed: int = 0, **kwargs) -> HumanoidBenchEnv:
+    """``HumanoidBenchEnv(task, num_envs, device, seed, **kwargs)``; task ids like "h1-walk" ("-v0" accepted)."""
+    return HumanoidBenchEnv(task, num_envs, device=device, seed=seed, **kwargs)
