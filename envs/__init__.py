@@ -1,8 +1,30 @@
 """Batched HumanoidBench tasks on MuJoCo-Warp (`ezm_gpu.envs`).
 
-The tasks themselves arrive with the medium-set issue; this package exists so the distribution's
-layout (``envs/`` installed as ``ezm_gpu.envs``) is fixed from the start. It never imports
-``ezm_gpu``'s algorithm modules.
-"""
+  - ``make(task, num_envs, device, seed, ...)``: one task, many worlds (``HumanoidBenchEnv``).
+  - ``make_set("medium" | [task ids], num_envs, ...)``: several tasks as one batch (``TaskSet``).
+  - ``resolve_root``: where HumanoidBench's MJCF assets are (argument, $EZM_HUMANOIDBENCH_ROOT, an
+    installed humanoid_bench, the user cache, or the pinned download).
+  - ``rewards``: the tasks' rewards and terminations as pure batched torch functions.
 
-__all__: list[str] = []
+Depends on mujoco, mujoco-warp, warp and torch (tensors only); never imports ezm_gpu's algorithm.
+"""
+from . import rewards
+from .assets import AssetsNotFoundError, resolve_root
+from .env import CapacityOverflowError, HumanoidBenchEnv, make
+from .multitask import TASK_SETS, TaskSet, make_set
+from .scene import MEDIUM_TASKS, Capacity, parse_task_id
+
+__all__ = [
+    "make",
+    "make_set",
+    "HumanoidBenchEnv",
+    "TaskSet",
+    "TASK_SETS",
+    "MEDIUM_TASKS",
+    "Capacity",
+    "CapacityOverflowError",
+    "AssetsNotFoundError",
+    "resolve_root",
+    "parse_task_id",
+    "rewards",
+]

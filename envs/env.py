@@ -10,7 +10,8 @@ import torch
 from . import rewards
 from .scene import Capacity, TaskId, load_mj_model, parse_task_id, put_warp
 
-__all__ = ["HumanoidBenchEnv", "make", "DEFAULT_CAPACITY", "FRAME_SKIP", "RESET_NOISE", "TIME_LIMIT"]
+__all__ = ["HumanoidBenchEnv", "make", "Capacity", "CapacityOverflowError", "DEFAULT_CAPACITY", "FRAME_SKIP", "RESET_NOISE",
+           "TIME_LIMIT", "hashed_uniform"]
 
 FRAME_SKIP = 10  # physics steps per env step: 0.002 s x 10 = 50 Hz, HumanoidBench's frame_skip
 RESET_NOISE = 0.01  # reset adds U(-0.01, 0.01) to every qpos entry (HumanoidBench's reset_noise_scale)

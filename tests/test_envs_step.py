@@ -199,3 +199,19 @@ def test_bad_actions_and_clipping():
         env.step(torch.full((2, 19), float("nan")))
     env.step(torch.full((2, 19), 5.0))  # clipped to 1: ctrl is the top of every ctrlrange
     torch.testing.assert_close(env._ctrl, env._ctrl_high.expand(2, -1), rtol=0, atol=1e-6)  # (1+1)/2*(h-l)+l
+
+
+def test_step_does_no_host_sync(monkeypatch):
+    """With validate=False a step (physics, readout, rewards, auto-reset) never reads back to the host."""
+    z = _fixture("maze")
+    env, action = _replay_env("maze", z, time_limit=1)  # every world resets: the reset path runs too
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation inside env.step")
+
+    for name in ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    monkeypatch.setattr(torch, "nonzero", forbidden)
+    obs, reward, terminated, truncated, info = env.step(action, validate=False)
+    monkeypatch.undo()
+    assert truncated.all() and torch.isfinite(obs).all()
