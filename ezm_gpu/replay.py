@@ -411,7 +411,6 @@ class ReplayBuffer:
         index repeated in one call the stored value is one of the given ones (duplicates come from
         sampling with replacement and carry the same transition's priority).
         """
-        c = self.config
         if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
             raise ValueError("indices must be a 1-D tensor [M]")
         M = indices.shape[0]

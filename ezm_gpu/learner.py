@@ -1,0 +1,127 @@
+"""One EZ-M update: sample → reanalyse (EMA model) → unroll the online model → loss → Adam → priorities → EMA.
+
+Reads top to bottom like the release's ``update_weights``; every piece it calls is tested on its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+
+from .ema import EMA
+from .kernels import SearchConfig
+from .loss import LossWeights, UnrollPredictions, UnrollTargets, ezm_loss, scale_gradient
+from .model import EZMModel, policy_log_prob
+from .reanalyze import Reanalysis, reanalyze
+from .replay import ReplayBatch, ReplayBuffer
+
+__all__ = ["LearnerConfig", "Learner", "unroll", "entropy_estimate"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """Optimisation settings (spec/ezm.md "Loss"; release defaults)."""
+
+    lr: float = 1e-4  # Adam learning rate
+    weight_decay: float = 2e-5  # Adam (L2) weight decay
+    lr_decay_at: float = 0.9  # the rate is multiplied by 0.1 after this fraction of total_updates
+    total_updates: int = 300_000  # planned updates (for the decay step)
+    grad_clip: float = 5.0  # max global gradient norm
+    unroll_steps: int = 5  # K
+    td_steps: int = 5  # n of the value targets
+    discount: float = 0.99  # γ
+    entropy_bonus: bool = False  # False: the release's sign (shrinks the std); True: TD-MPC2's bonus
+    ema_tau: float = 0.01  # EMA rate of the acting/reanalysis copy
+    ema_interval: int = 5  # updates between EMA steps
+    weights: LossWeights = LossWeights()  # loss coefficients
+
+
+def entropy_estimate(log_std: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The release's policy-entropy term: −A · log N(ε; 0, σ) of one draw ε (pre-tanh), [B, A] -> [B].
+
+    (TD-MPC2 scales the Gaussian log-density by the action count; with the release's sign the loss
+    ``+coeff · this`` lowers the entropy.)
+    """
+    eps = torch.randn(log_std.shape, generator=generator, device=log_std.device, dtype=log_std.dtype)
+    log_density = (-0.5 * eps.square() - log_std).sum(-1) - 0.5 * _LOG_2PI * log_std.shape[-1]
+    return -log_std.shape[-1] * log_density
+
+
+def unroll(model: EZMModel, batch: ReplayBatch, targets: Reanalysis, unroll_steps: int,
+           generator: Optional[torch.Generator] = None) -> tuple[UnrollPredictions, torch.Tensor]:
+    """Unrolls the online model K steps from o_t along the stored actions.
+
+    Returns the loss inputs and the step-0 values [V, B] (decoded, clipped) for the priorities.
+    """
+    tasks = batch.task_ids
+    mask = model.action_mask(tasks)
+    latent, prediction = model.initial_training(batch.obs[:, 0], tasks)
+    value_logits, reward_logits, log_probs, entropies, projections, target_projections = [], [], [], [], [], []
+
+    def policy_terms(prediction, step):
+        value_logits.append(prediction.value_logits)
+        log_probs.append(policy_log_prob(targets.best_actions[:, step], prediction.policy_mean,
+                                         prediction.policy_log_std, mask))
+        entropies.append(entropy_estimate(prediction.policy_log_std, generator))
+
+    policy_terms(prediction, 0)
+    first_values = model.decode_values(prediction.value_logits.detach())
+    for step in range(unroll_steps):
+        latent, step_reward_logits, prediction = model.recurrent_training(latent, batch.actions[:, step], tasks)
+        reward_logits.append(step_reward_logits)
+        projections.append(model.project(latent, with_prediction_head=True))
+        with torch.no_grad():
+            observed = model.represent(batch.obs[:, step + 1], tasks)
+        target_projections.append(model.project(observed, with_prediction_head=False))
+        policy_terms(prediction, step + 1)
+        latent = scale_gradient(latent, 0.5)  # it feeds the next step and this step's heads
+    predictions = UnrollPredictions(
+        value_logits=torch.stack(value_logits), reward_logits=torch.stack(reward_logits),
+        policy_log_prob=torch.stack(log_probs), entropy=torch.stack(entropies),
+        projection=torch.stack(projections), target_projection=torch.stack(target_projections))
+    return predictions, first_values
+
+
+class Learner:
+    """Owns the online model, its optimiser and EMA copy; ``update`` does one training step."""
+
+    def __init__(self, model: EZMModel, config: LearnerConfig, search: SearchConfig):
+        self.model, self.config, self.search = model, config, search
+        on_cuda = next(model.parameters()).is_cuda
+        # capturable keeps Adam's step counters on the device: no host read per update on CUDA.
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                          capturable=on_cuda)
+        self.ema = EMA(model, tau=config.ema_tau, interval=config.ema_interval)
+        self.updates = 0
+
+    def update(self, replay: ReplayBuffer, generator: Optional[torch.Generator] = None
+               ) -> dict[str, torch.Tensor]:
+        """One update from ``replay``; returns scalar tensors for logging (no host read)."""
+        c = self.config
+        batch = replay.sample(generator)
+        targets = reanalyze(self.ema.copy, batch, self.search, c.discount, c.unroll_steps, c.td_steps,
+                            self.updates, generator)
+        self.model.train()
+        predictions, first_values = unroll(self.model, batch, targets, c.unroll_steps, generator)
+        step_targets = UnrollTargets(value=targets.value_targets.T, reward=targets.reward_targets.T,
+                                     mask=batch.step_mask[:, :c.unroll_steps].T, is_weight=batch.weights)
+        loss, terms = ezm_loss(predictions, step_targets, self.model.support, c.discount, c.weights,
+                               c.entropy_bonus)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.updates += 1
+        if self.updates == int(c.lr_decay_at * c.total_updates):
+            for group in self.optimizer.param_groups:
+                group["lr"] = c.lr * 0.1
+        priorities = (first_values.mean(0) - targets.value_targets[:, 0]).abs() + 1e-6
+        replay.update_priorities(batch.indices, priorities, batch.stamps)
+        self.model.update_obs_stats(batch.obs[:, 0])  # training starts once every task holds data
+        self.ema.update(self.model, self.updates)
+        terms["loss"] = loss.detach()
+        return terms

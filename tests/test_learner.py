@@ -1,0 +1,65 @@
+"""A whole EZ-M update on a small model and replay: every part moves as it should."""
+import pytest
+import torch
+
+from ezm_gpu.kernels import SearchConfig
+from ezm_gpu.learner import Learner, LearnerConfig, entropy_estimate
+from ezm_gpu.model import EZMModel, ModelConfig
+from ezm_gpu.replay import ReplayBuffer, ReplayConfig
+
+OBS, ACT, TASKS, WORLDS = 6, 3, 2, 4
+
+
+def _filled_replay(steps=40, batch=8):
+    replay = ReplayBuffer(ReplayConfig(num_tasks=TASKS, capacity=256, obs_dim=OBS, action_dim=ACT, num_worlds=WORLDS,
+                                       batch_size=batch))
+    g = torch.Generator().manual_seed(0)
+    tasks = torch.tensor([0, 0, 1, 1])
+    for t in range(steps):
+        done = torch.tensor([t % 15 == 14, False, t % 20 == 19, False])
+        replay.add(tasks, torch.randn(WORLDS, OBS, generator=g), torch.rand(WORLDS, ACT, generator=g) * 2 - 1,
+                   torch.rand(WORLDS, generator=g), done, torch.randn(WORLDS, OBS, generator=g))
+    return replay
+
+
+def _learner(**overrides):
+    torch.manual_seed(0)
+    model = EZMModel(ModelConfig.cpu(obs_dim=OBS, action_dim=ACT, num_tasks=TASKS))
+    config = LearnerConfig(**{"total_updates": 10, "lr_decay_at": 0.3, "ema_interval": 2, **overrides})
+    return Learner(model, config, SearchConfig(num_simulations=4, num_top_actions=4))
+
+
+def test_updates_train_the_model_and_its_companions():
+    replay, learner = _filled_replay(), _learner()
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    # The task embedding's max_norm renormalises looked-up rows in place, in any copy: leave it out.
+    weights = lambda model: [p for n, p in model.named_parameters() if "embed" not in n]  # noqa: E731
+    ema_before = [p.detach().clone() for p in weights(learner.ema.copy)]
+    priorities_before = replay.priorities().clone()
+    g = torch.Generator().manual_seed(1)
+    terms = learner.update(replay, g)
+    assert set(terms) >= {"reward", "value", "consistency", "policy", "entropy", "path_consistency", "total", "loss",
+                          "grad_norm"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))  # Adam stepped
+    assert all(torch.equal(a, b) for a, b in zip(ema_before, weights(learner.ema.copy)))  # interval 2: not yet
+    assert not torch.equal(priorities_before, replay.priorities())  # sampled rows got fresh priorities
+    for _ in range(2):
+        learner.update(replay, g)
+    assert any(not torch.equal(a, b) for a, b in zip(ema_before, weights(learner.ema.copy)))
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)  # x0.1 after 30% of 10 updates
+    assert learner.updates == 3
+
+
+def test_repeated_updates_lower_the_loss_on_fixed_data():
+    replay, learner = _filled_replay(), _learner(lr=1e-3, total_updates=1000)
+    losses = [float(learner.update(replay, torch.Generator().manual_seed(3))["total"]) for _ in range(15)]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_entropy_estimate_matches_the_gaussian_formula():
+    log_std = torch.tensor([[0.0, -1.0]])
+    eps = torch.randn(1, 2, generator=torch.Generator().manual_seed(5))
+    expected = -2 * ((-0.5 * eps.square() - log_std).sum() - torch.log(torch.tensor(2 * torch.pi)))
+    got = entropy_estimate(log_std, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(got, expected.reshape(1))
