@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 
+from .model import sample_policy
+
 __all__ = ["sample_candidates", "ROOT_WIDE", "CHILD_WIDE", "WIDE_SCALE", "ACTION_CLIP"]
 
 WIDE_SCALE = 3.0  # std multiplier of the wide draws
@@ -30,7 +32,7 @@ def sample_candidates(mean: torch.Tensor, log_std: torch.Tensor, num: int, num_w
       log_std: [B, A] log standard deviation (pre-tanh).
       num: candidates per row (K at the root, k at an interior node).
       num_wide: how many of them, the last ones, use WIDE_SCALE x std (0 <= num_wide <= num).
-      action_mask: optional [B, A] bool, False where a dimension does not exist for the row's task.
+      action_mask: optional [B, A] (bool or 0/1 float), 0 where a dimension does not exist for the task.
       generator: torch.Generator on the tensors' device, for reproducible draws.
 
     Returns:
@@ -40,12 +42,6 @@ def sample_candidates(mean: torch.Tensor, log_std: torch.Tensor, num: int, num_w
         raise ValueError(f"mean and log_std must both be [B, A], got {list(mean.shape)} and {list(log_std.shape)}")
     if not 0 <= num_wide <= num or num < 1:
         raise ValueError(f"need num >= 1 and 0 <= num_wide <= num, got num={num}, num_wide={num_wide}")
-    batch, dims = mean.shape
-    scale = torch.ones(num, dtype=mean.dtype, device=mean.device)
-    scale[num - num_wide:] = WIDE_SCALE
-    noise = torch.randn(batch, num, dims, dtype=mean.dtype, device=mean.device, generator=generator)
-    actions = torch.tanh(mean[:, None] + noise * scale[None, :, None] * log_std.exp()[:, None])
-    actions = actions.clamp(-ACTION_CLIP, ACTION_CLIP)
-    if action_mask is not None:
-        actions = actions * action_mask[:, None, :].to(actions.dtype)
-    return actions
+    narrow = sample_policy(mean, log_std, action_mask, num - num_wide, 1.0, generator)
+    wide = sample_policy(mean, log_std, action_mask, num_wide, WIDE_SCALE, generator)
+    return torch.cat([narrow, wide], 1).clamp(-ACTION_CLIP, ACTION_CLIP)
