@@ -1,0 +1,117 @@
+"""The training application's configuration: a typed structured config and its validation.
+
+``configs/train.yaml`` fills it (hydra); every value is checked by ``validate`` before any work, and
+a bad one fails with the key's dotted name and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+__all__ = ["TrainConfig", "SearchSettings", "validate", "ConfigError", "PRESETS", "DEVICES"]
+
+PRESETS = ("hard", "medium", "cpu")  # model presets (ezm_gpu.model.ModelConfig)
+DEVICES = ("auto", "cuda", "cpu")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and what is allowed."""
+
+
+@dataclasses.dataclass
+class SearchSettings:
+    """The acting and reanalysis search (spec/search.md; EZ-M defaults)."""
+
+    num_simulations: int = 32  # N
+    num_root_actions: int = 16  # K root candidates (the last root_wide at 3x std)
+    root_wide: int = 12  # wide root candidates
+    num_child_actions: int = 2  # k children per node (the last child_wide wide)
+    child_wide: int = 1  # wide children
+    discount: float = 0.99  # γ
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Top-level knobs of ``python -m ezm_gpu.train`` (override as key=value)."""
+
+    envs: int = 4096  # total worlds, split evenly across tasks
+    tasks: Any = "medium"  # a task-set name (ezm_gpu.envs.TASK_SETS) or a list of task ids
+    device: str = "auto"  # auto | cuda | cpu
+    seed: int = 0  # seeds envs, model init, sampling
+    steps: int = 1_000_000  # env steps per task
+    preset: str = "medium"  # model preset: hard | medium | cpu
+    out: Optional[str] = None  # run directory (default: runs/<tasks>-<timestamp>)
+    resume: Optional[str] = None  # a run directory to continue from its latest checkpoint
+    batch_size: int = 512  # samples per update; each task gets batch_size // num_tasks
+    replay_ratio: float = 11.0  # sampled transitions per env step (≈ 3.3 env steps per task per update)
+    start_transitions: int = 1000  # uniform-random actions until every task has this many
+    replay_capacity: int = 1_000_000  # transitions per task
+    ignore_termination: bool = True  # EZ-M's protocol; False: HumanoidBench's
+    episode_length: int = 500  # training episode length; 1000 once past 40% or saturated (curriculum)
+    eval_interval: int = 5000  # updates between evaluations
+    checkpoint_interval: int = 1000  # updates between checkpoints
+    log_interval: int = 100  # updates between log lines
+    search: SearchSettings = dataclasses.field(default_factory=SearchSettings)  # acting/reanalysis search
+
+
+def _fail(key: str, value, allowed: str):
+    raise ConfigError(f"invalid {key}={value!r}: {allowed}")
+
+
+def _positive_int(cfg, key: str, minimum: int = 1):
+    value = getattr(cfg, key.split(".")[-1])
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(key, value, f"an integer >= {minimum}")
+
+
+def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Optional[set] = None) -> list[str]:
+    """Checks every value; returns the resolved task list. Raises ConfigError naming the bad key.
+
+    Args:
+      cfg: the configuration.
+      task_sets: set name -> task ids (default: ezm_gpu.envs.TASK_SETS).
+      known_tasks: every valid task id (default: what ezm_gpu.envs can make).
+    """
+    if task_sets is None or known_tasks is None:
+        from ezm_gpu.envs import TASK_SETS
+        from ezm_gpu.envs.scene import valid_task_ids
+
+        task_sets = TASK_SETS if task_sets is None else task_sets
+        known_tasks = set(valid_task_ids()) if known_tasks is None else known_tasks
+    for key in ("envs", "steps", "batch_size", "start_transitions", "replay_capacity", "episode_length",
+                "eval_interval", "checkpoint_interval", "log_interval"):
+        _positive_int(cfg, key)
+    _positive_int(cfg, "seed", minimum=0)
+    if cfg.device not in DEVICES:
+        _fail("device", cfg.device, "one of " + ", ".join(DEVICES))
+    if cfg.preset not in PRESETS:
+        _fail("preset", cfg.preset, "one of " + ", ".join(PRESETS))
+    if isinstance(cfg.replay_ratio, bool) or not isinstance(cfg.replay_ratio, (int, float)) or cfg.replay_ratio <= 0:
+        _fail("replay_ratio", cfg.replay_ratio, "a number > 0")
+    if isinstance(cfg.tasks, str):
+        if cfg.tasks not in task_sets:
+            _fail("tasks", cfg.tasks, "a task-set name (" + ", ".join(task_sets) + ") or a list of task ids")
+        tasks = list(task_sets[cfg.tasks])
+    elif isinstance(cfg.tasks, (list, tuple)) and cfg.tasks and all(isinstance(t, str) for t in cfg.tasks):
+        unknown = [t for t in cfg.tasks if t.removesuffix("-v0") not in known_tasks]
+        if unknown:
+            _fail("tasks", list(cfg.tasks), f"unknown task ids {unknown}; valid: " + ", ".join(sorted(known_tasks)))
+        tasks = [t.removesuffix("-v0") for t in cfg.tasks]
+        if len(set(tasks)) != len(tasks):
+            _fail("tasks", list(cfg.tasks), "each task at most once")
+    else:
+        _fail("tasks", cfg.tasks, "a task-set name or a non-empty list of task ids")
+    if cfg.envs < len(tasks):
+        _fail("envs", cfg.envs, f"at least one world per task ({len(tasks)} tasks)")
+    if cfg.batch_size < len(tasks):  # each task gets batch_size // num_tasks samples (the release's rule)
+        _fail("batch_size", cfg.batch_size, f"at least the number of tasks ({len(tasks)})")
+    s = cfg.search
+    for key in ("num_simulations", "num_root_actions", "num_child_actions"):
+        _positive_int(s, f"search.{key}")
+    if not 0 <= s.root_wide <= s.num_root_actions:
+        _fail("search.root_wide", s.root_wide, f"between 0 and search.num_root_actions ({s.num_root_actions})")
+    if not 0 <= s.child_wide <= s.num_child_actions:
+        _fail("search.child_wide", s.child_wide, f"between 0 and search.num_child_actions ({s.num_child_actions})")
+    if not 0.0 <= s.discount <= 1.0:
+        _fail("search.discount", s.discount, "a number in [0, 1]")
+    return tasks
