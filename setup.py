@@ -32,6 +32,8 @@ setup(
         "mujoco>=3.3",
         "mujoco-warp>=3.3",
         "hydra-core>=1.3",
+        "matplotlib>=3.7",  # learning-curve plots (python -m ezm_gpu.plot)
+        "tensorboard>=2.14",  # run metrics
     ],
     extras_require={
         # setuptools and wheel: the packaging test builds a wheel offline (--no-build-isolation)

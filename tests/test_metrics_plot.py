@@ -1,0 +1,39 @@
+"""Metrics CSV (and TensorBoard) logging, and the learning-curve plot."""
+import subprocess
+import sys
+
+import pytest
+
+from ezm_gpu.metrics import MetricsLogger, read_metrics
+from ezm_gpu.plot import plot_run
+
+
+def test_rows_survive_and_grow_columns(tmp_path):
+    log = MetricsLogger(tmp_path)
+    log.log(10, 100, {"loss": 1.5})
+    log.log(20, 200, {"loss": 1.0, "eval/return/cartpole-balance": 300.0})
+    log.close()
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert rows == [{"step": 10.0, "env_steps": 100.0, "loss": 1.5, "eval/return/cartpole-balance": None},
+                    {"step": 20.0, "env_steps": 200.0, "loss": 1.0, "eval/return/cartpole-balance": 300.0}]
+    assert any((tmp_path / "tensorboard").iterdir())  # event file written
+    again = MetricsLogger(tmp_path, tensorboard=False)  # a resumed run appends to the same file
+    again.log(30, 300, {"loss": 0.5})
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.csv")] == [10.0, 20.0, 30.0]
+
+
+def test_plot_writes_a_png_per_run(tmp_path):
+    log = MetricsLogger(tmp_path, tensorboard=False)
+    for i in range(4):
+        log.log(i, 1000 * i, {"eval/return/cartpole-balance": 200.0 * i, "eval/return/cartpole-swingup": 100.0 * i})
+    png = plot_run(tmp_path, success={"cartpole-balance": 800.0})
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_plot_cli_errors(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ezm_gpu.plot", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2 and "metrics.csv does not exist" in result.stderr
+    MetricsLogger(tmp_path, tensorboard=False).log(1, 1, {"loss": 1.0})
+    with pytest.raises(ValueError, match="no evaluation columns"):
+        plot_run(tmp_path)
