@@ -125,3 +125,23 @@ class Learner:
         self.ema.update(self.model, self.updates)
         terms["loss"] = loss.detach()
         return terms
+
+    def state_dict(self) -> dict:
+        """Everything ``update`` changes: {"model", "optimizer", "ema", "updates"} (checkpoint.save_checkpoint).
+
+        The tensors are the live ones (no copy): serialise the dict, or deep-copy it, before the next update.
+        The optimiser's state includes its current learning rate (after the decay step).
+        """
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores ``state_dict()``'s output into this learner (same model and learner configs)."""
+        missing = {"model", "optimizer", "ema", "updates"} - set(state)
+        if missing:
+            raise KeyError(f"learner state lacks {sorted(missing)}; pass Learner.state_dict()'s output")
+        self.model.load_state_dict(state["model"])
+        # After the model: Adam's state is keyed by parameter order and cast to the parameters' device.
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.updates = int(state["updates"])

@@ -208,6 +208,45 @@ class ReplayBuffer:
         return (f"replay: {c.num_tasks} tasks x {c.capacity:,} rows (obs {c.obs_dim}, action {c.action_dim}) = "
                 f"{self.memory_bytes() / 2**20:,.1f} MiB on {self.device}")
 
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        """{"config": the ReplayConfig as a dict, "tensors": every storage tensor by name}, for checkpoints.
+
+        The tensors are the live storage (no copy, which would double the buffer's memory): serialise the
+        dict (``checkpoint.save_checkpoint``) before the next ``add`` or ``update_priorities``. A buffer
+        restored with ``load_state_dict`` samples exactly like this one for the same generator state.
+        """
+        return {"config": dataclasses.asdict(self.config), "tensors": {
+            "obs": self._obs, "action": self._action, "reward": self._reward, "priority": self._priority,
+            "stamp": self._stamp, "next": self._next, "is_step": self._is_step, "terminal": self._terminal,
+            "count": self._count, "world_last": self._world_last, "world_task": self._world_task}}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Copies ``state_dict()``'s output into this buffer's storage (on this buffer's device).
+
+        The configs must match (a different capacity or task count would reinterpret every slot).
+        """
+        saved = state.get("config") if isinstance(state, dict) else None
+        if not isinstance(saved, dict) or not isinstance(state.get("tensors"), dict):
+            raise ValueError("replay state must be ReplayBuffer.state_dict()'s output ({'config', 'tensors'})")
+        ours = dataclasses.asdict(self.config)
+        diff = {k: (saved.get(k), v) for k, v in ours.items() if saved.get(k) != v}
+        if diff:
+            raise ValueError("replay state was saved with a different ReplayConfig (field: (saved, this buffer)): "
+                             + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+                             + "; build the buffer with the saved config")
+        targets = self.state_dict()["tensors"]
+        for name, target in targets.items():
+            source = state["tensors"].get(name)
+            if not isinstance(source, torch.Tensor) or source.shape != target.shape or source.dtype != target.dtype:
+                raise ValueError(f"replay state tensor {name!r} must be {target.dtype} {list(target.shape)}, got "
+                                 + (f"{source.dtype} {list(source.shape)}" if isinstance(source, torch.Tensor)
+                                    else type(source).__name__))
+        for name, target in targets.items():  # all checked first: a failed load leaves the buffer as it was
+            target.copy_(state["tensors"][name])
+
     # ------------------------------------------------------------------ insertion
 
     def _check(self, name: str, x, shape: tuple, kind: str) -> torch.Tensor:
