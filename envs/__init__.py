@@ -1,6 +1,7 @@
-"""Batched HumanoidBench tasks on MuJoCo-Warp (`ezm_gpu.envs`).
+"""Batched HumanoidBench tasks (and dm_control's cartpole) on MuJoCo-Warp (`ezm_gpu.envs`).
 
-  - ``make(task, num_envs, device, seed, ...)``: one task, many worlds (``HumanoidBenchEnv``).
+  - ``make(task, num_envs, device, seed, ...)``: one task, many worlds (``HumanoidBenchEnv`` for
+    "h1-*", ``CartpoleEnv`` for "cartpole-balance" / "cartpole-swingup"; both ``BatchedEnv``).
   - ``make_set("medium" | [task ids], num_envs, ...)``: several tasks as one batch (``TaskSet``).
   - ``resolve_root``: where HumanoidBench's MJCF assets are (argument, $EZM_HUMANOIDBENCH_ROOT, an
     installed humanoid_bench, the user cache, or the pinned download).
@@ -10,17 +11,21 @@ Depends on mujoco, mujoco-warp, warp and torch (tensors only); never imports ezm
 """
 from . import rewards
 from .assets import AssetsNotFoundError, resolve_root
-from .env import CapacityOverflowError, HumanoidBenchEnv, make
+from .cartpole import CartpoleEnv
+from .env import BatchedEnv, CapacityOverflowError, HumanoidBenchEnv, make
 from .multitask import TASK_SETS, TaskSet, make_set
-from .scene import MEDIUM_TASKS, Capacity, parse_task_id
+from .scene import CARTPOLE_TASKS, MEDIUM_TASKS, Capacity, parse_task_id
 
 __all__ = [
     "make",
     "make_set",
+    "BatchedEnv",
     "HumanoidBenchEnv",
+    "CartpoleEnv",
     "TaskSet",
     "TASK_SETS",
     "MEDIUM_TASKS",
+    "CARTPOLE_TASKS",
     "Capacity",
     "CapacityOverflowError",
     "AssetsNotFoundError",

@@ -1,4 +1,11 @@
-"""A batched HumanoidBench task: many worlds of one MuJoCo-Warp model, rewards and resets on device."""
+"""Batched tasks on MuJoCo-Warp: many worlds of one model, rewards and resets on device.
+
+``BatchedEnv`` holds the task-independent machinery (Warp arrays viewed as torch tensors, physics
+substeps with CUDA-graph replay, action checks, auto-reset by mask, episode statistics, diverged
+worlds, capacity overflow); a task subclass supplies the model, the reset distribution, the
+observation and the reward. ``HumanoidBenchEnv`` is the HumanoidBench one; ``cartpole.CartpoleEnv``
+is dm_control's cartpole on our own MJCF.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,9 +15,9 @@ import mujoco
 import torch
 
 from . import rewards
-from .scene import Capacity, TaskId, load_mj_model, parse_task_id, put_warp
+from .scene import HUMANOIDBENCH_ROBOTS, Capacity, TaskId, load_mj_model, parse_task_id, put_warp
 
-__all__ = ["HumanoidBenchEnv", "make", "Capacity", "CapacityOverflowError", "DEFAULT_CAPACITY", "FRAME_SKIP", "RESET_NOISE",
+__all__ = ["BatchedEnv", "HumanoidBenchEnv", "make", "Capacity", "CapacityOverflowError", "DEFAULT_CAPACITY", "FRAME_SKIP", "RESET_NOISE",
            "TIME_LIMIT", "hashed_uniform"]
 
 FRAME_SKIP = 10  # physics steps per env step: 0.002 s x 10 = 50 Hz, HumanoidBench's frame_skip
@@ -73,20 +80,27 @@ class _Readout:
                    com_velocity=int(m.sensor_adr[find(sensor, "pelvis_subtreelinvel")]))
 
 
-class HumanoidBenchEnv:
-    """``num_envs`` worlds of one HumanoidBench task on MuJoCo-Warp (``../shared/spec/envs.md``).
+class BatchedEnv:
+    """``num_envs`` worlds of one task on MuJoCo-Warp: the machinery every task shares.
 
     Observations, rewards, terminations and resets are torch tensors on ``device`` that share memory
     with Warp's arrays. ``step`` never reads back to the host unless ``validate=True`` (the default),
     which checks the actions for NaN and the previous step for capacity overflow with one read; a
     training loop passes ``validate=False`` and calls ``check()`` now and then.
 
+    A subclass sets ``frame_skip`` and implements ``_load_model`` (the MuJoCo C model),
+    ``observation``, ``_initial_state`` (the reset distribution, drawn from the per-world
+    counter-based RNG) and ``_task_step`` (reward, termination and reward terms after the physics);
+    optionally ``_reset_task_state`` (task state such as HumanoidBench's maze stage).
+
     Attributes:
-      task: the TaskId; obs_dim, action_dim; num_envs; device (torch.device).
+      task: the TaskId; obs_dim, action_dim; num_envs; device (torch.device); mj_model; time_limit.
     """
 
+    frame_skip: int = FRAME_SKIP
+
     def __init__(self, task: str, num_envs: int, device: Optional[str] = None, seed: int = 0,
-                 time_limit: int = TIME_LIMIT, ignore_termination: bool = False, root=None,
+                 time_limit: int = TIME_LIMIT, ignore_termination: bool = False,
                  capacity: Capacity = DEFAULT_CAPACITY):
         self.task: TaskId = parse_task_id(task)
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
@@ -101,9 +115,8 @@ class HumanoidBenchEnv:
         self.num_envs, self.seed = num_envs, int(seed)
         self.time_limit, self.ignore_termination = time_limit, bool(ignore_termination)
         self.capacity = capacity
-        self.mj_model = m = load_mj_model(str(self.task), root)
-        self._readout_ids = _Readout.of(m)
-        self.obs_dim, self.action_dim = m.nq + m.nv, m.nu
+        self.mj_model = m = self._load_model()
+        self.action_dim = m.nu
 
         import warp as wp
 
@@ -112,37 +125,51 @@ class HumanoidBenchEnv:
         d, view = self.data, wp.to_torch
         self._qpos, self._qvel, self._ctrl = view(d.qpos), view(d.qvel), view(d.ctrl)
         self._warmstart, self._time = view(d.qacc_warmstart), view(d.time)
-        self._site_xpos, self._xpos, self._xquat, self._xmat = (view(d.site_xpos), view(d.xpos), view(d.xquat),
-                                                                 view(d.xmat))
-        self._sensordata, self._actuator_force = view(d.sensordata), view(d.actuator_force)
-        self._contact_geom, self._contact_world = view(d.contact.geom), view(d.contact.worldid)
-        self._nacon, self._overflow = view(d.nacon), view(d.overflow)
+        self._overflow = view(d.overflow)
 
         dev = self.device
-        # HumanoidBench un-normalises with the float32-rounded ctrlrange, in float32.
+        # Actions in [-1, 1] are un-normalised to the float32-rounded ctrlrange, in float32.
         self._ctrl_low = torch.tensor(m.actuator_ctrlrange[:, 0], dtype=torch.float32, device=dev)
         self._ctrl_high = torch.tensor(m.actuator_ctrlrange[:, 1], dtype=torch.float32, device=dev)
-        self._key_qpos = torch.tensor(m.key_qpos[0], dtype=torch.float32, device=dev)
-        geom_names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, i) or "" for i in range(m.ngeom)]
-        self._constants = rewards.task_constants(str(self.task), geom_names, device=dev, dtype=torch.float32)
         self._worlds = torch.arange(num_envs, device=dev)
         self._resets = torch.zeros(num_envs, dtype=torch.int64, device=dev)  # per-world reset counter (RNG)
         self.episode_return = torch.zeros(num_envs, device=dev)
         self.episode_length = torch.zeros(num_envs, dtype=torch.int64, device=dev)
         self.bad_world_resets = torch.zeros((), dtype=torch.int64, device=dev)  # diverged worlds reset so far
         self._overflow_seen = torch.zeros((), dtype=torch.int32, device=dev)
-        self.state = rewards.initial_state(str(self.task), num_envs, device=dev, dtype=torch.float32)
+        self.state: dict = {}  # task state carried across steps (reset per world with the episode)
         self._graph = None
+        self.obs_dim = self._obs_dim()
+
+    # --- task hooks ------------------------------------------------------------------------------
+    def _load_model(self) -> mujoco.MjModel:
+        raise NotImplementedError
+
+    def _obs_dim(self) -> int:
+        raise NotImplementedError
+
+    def observation(self) -> torch.Tensor:
+        """[W, obs_dim] float32 observation of the current state (a copy)."""
+        raise NotImplementedError
+
+    def _initial_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reset draw of every world: qpos [W, nq], qvel [W, nv], from ``hashed_uniform(self.seed,
+        self._worlds, self._resets, ...)`` so a world's draw depends on (seed, world, reset count) only."""
+        raise NotImplementedError
+
+    def _task_step(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """After the physics: reward [W], terminated [W] bool, reward terms {name: [W]}; may update
+        ``self.state`` and ``self._overflow_seen``. No host synchronisation."""
+        raise NotImplementedError
+
+    def _reset_task_state(self, mask: torch.Tensor) -> None:
+        """Resets the task state of the worlds where mask [W] is True (nothing by default)."""
 
     # ---------------------------------------------------------------------------------------------
     def reset(self) -> torch.Tensor:
-        """Resets every world (keyframe 0 + U(-0.01, 0.01) on qpos, zero qvel). Returns obs [W, obs_dim]."""
+        """Resets every world (the task's reset distribution). Returns obs [W, obs_dim]."""
         self._reset_worlds(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
         return self.observation()
-
-    def observation(self) -> torch.Tensor:
-        """qpos ⊕ qvel, [W, obs_dim] float32 (a copy)."""
-        return torch.cat([self._qpos, self._qvel], dim=1)
 
     def set_state(self, qpos: torch.Tensor, qvel: torch.Tensor, qacc_warmstart: Optional[torch.Tensor] = None,
                   state: Optional[dict] = None) -> None:
@@ -156,17 +183,17 @@ class HumanoidBenchEnv:
 
     def _reset_worlds(self, mask: torch.Tensor) -> None:
         """Resets the worlds where mask [W] is True, on device and without reading the mask."""
-        noise = hashed_uniform(self.seed, self._worlds, self._resets, self.mj_model.nq, -RESET_NOISE, RESET_NOISE)
+        qpos, qvel = self._initial_state()
         column = mask[:, None]
-        self._qpos.copy_(torch.where(column, self._key_qpos + noise, self._qpos))
-        self._qvel.masked_fill_(column, 0.0)
+        self._qpos.copy_(torch.where(column, qpos, self._qpos))
+        self._qvel.copy_(torch.where(column, qvel, self._qvel))
         self._warmstart.masked_fill_(column, 0.0)
         self._ctrl.masked_fill_(column, 0.0)
         self._time.masked_fill_(mask, 0.0)
         self._resets += mask
         self.episode_return.masked_fill_(mask, 0.0)
         self.episode_length.masked_fill_(mask, 0)
-        self.state = rewards.reset_state(self.state, mask)
+        self._reset_task_state(mask)
 
     # ---------------------------------------------------------------------------------------------
     def _check_action(self, action: torch.Tensor, validate: bool) -> None:
@@ -197,22 +224,109 @@ class HumanoidBenchEnv:
                 "constraints=...).")
 
     def _physics(self) -> None:
-        """FRAME_SKIP physics steps; on CUDA replayed from a captured graph (captured on first use)."""
+        """``frame_skip`` physics steps; on CUDA replayed from a captured graph (captured on first use)."""
         import mujoco_warp as mjw
         import warp as wp
 
         if self.device.type != "cuda":
             with wp.ScopedDevice(self._wp_device):
-                for _ in range(FRAME_SKIP):
+                for _ in range(self.frame_skip):
                     mjw.step(self.model, self.data)
             return
         with wp.ScopedDevice(self._wp_device), wp.ScopedStream(wp.stream_from_torch(torch.cuda.current_stream())):
             if self._graph is None:
                 with wp.ScopedCapture() as capture:
-                    for _ in range(FRAME_SKIP):
+                    for _ in range(self.frame_skip):
                         mjw.step(self.model, self.data)
                 self._graph = capture.graph
             wp.capture_launch(self._graph)
+
+    def step(self, action: torch.Tensor, validate: bool = True):
+        """One env step (``frame_skip`` physics steps) for every world, with auto-reset.
+
+        Args:
+          action: [num_envs, action_dim] float in [-1, 1] (outside values are clipped); NaN is an error
+            when ``validate``.
+          validate: read one flag back to check for NaN actions and earlier capacity overflow.
+
+        Returns:
+          obs [W, obs_dim] (the new episode's first observation where a world was reset), reward [W],
+          terminated [W] bool, truncated [W] bool (time limit, or a diverged world), info: every reward
+          term [W], ``final_observation`` [W, obs_dim] (the observation before any reset),
+          ``episode_return`` / ``episode_length`` [W] (of the episode that just ended, where ``done``),
+          ``done`` [W] bool, ``diverged`` [W] bool.
+        """
+        self._check_action(action, validate)
+        clipped = action.to(torch.float32).clamp(-1.0, 1.0)
+        self._ctrl.copy_((clipped + 1.0) / 2.0 * (self._ctrl_high - self._ctrl_low) + self._ctrl_low)
+        self._physics()
+        self._overflow_seen |= (self._overflow != 0).any().int()
+        reward, terminated, terms = self._task_step()
+        obs = self.observation()
+        diverged = ~torch.isfinite(obs).all(1) | (self._qvel.abs() > EXPLODED_QVEL).any(1)
+        reward = torch.where(diverged, 0.0, reward)
+        self.bad_world_resets += diverged.sum()
+        if self.ignore_termination:
+            terminated = torch.zeros_like(terminated)
+        terminated = terminated & ~diverged
+        self.episode_return += reward
+        self.episode_length += 1
+        truncated = (self.episode_length >= self.time_limit) | diverged
+        done = terminated | truncated
+        info = dict(terms, final_observation=obs, episode_return=self.episode_return.clone(),
+                    episode_length=self.episode_length.clone(), done=done, diverged=diverged)
+        self._reset_worlds(done)
+        return torch.where(done[:, None], self.observation(), obs), reward, terminated, truncated, info
+
+
+class HumanoidBenchEnv(BatchedEnv):
+    """``num_envs`` worlds of one HumanoidBench task on MuJoCo-Warp (``../shared/spec/envs.md``).
+
+    Observation qpos ⊕ qvel; reset keyframe 0 + U(-0.01, 0.01) on qpos, zero qvel; 10 physics steps
+    per env step; HumanoidBench's rewards and terminations (``rewards.compute``). ``root``: where
+    HumanoidBench's assets are (see ``resolve_root``).
+    """
+
+    frame_skip = FRAME_SKIP
+
+    def __init__(self, task: str, num_envs: int, device: Optional[str] = None, seed: int = 0,
+                 time_limit: int = TIME_LIMIT, ignore_termination: bool = False, root=None,
+                 capacity: Capacity = DEFAULT_CAPACITY):
+        if parse_task_id(task).robot not in HUMANOIDBENCH_ROBOTS:
+            raise ValueError(f"{task!r} is not a HumanoidBench task; make it with ezm_gpu.envs.make")
+        self._root = root
+        super().__init__(task, num_envs, device=device, seed=seed, time_limit=time_limit,
+                         ignore_termination=ignore_termination, capacity=capacity)
+        import warp as wp
+
+        m, d, view, dev = self.mj_model, self.data, wp.to_torch, self.device
+        self._readout_ids = _Readout.of(m)
+        self._site_xpos, self._xpos, self._xquat, self._xmat = (view(d.site_xpos), view(d.xpos), view(d.xquat),
+                                                                 view(d.xmat))
+        self._sensordata, self._actuator_force = view(d.sensordata), view(d.actuator_force)
+        self._contact_geom, self._contact_world = view(d.contact.geom), view(d.contact.worldid)
+        self._nacon = view(d.nacon)
+        self._key_qpos = torch.tensor(m.key_qpos[0], dtype=torch.float32, device=dev)
+        geom_names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, i) or "" for i in range(m.ngeom)]
+        self._constants = rewards.task_constants(str(self.task), geom_names, device=dev, dtype=torch.float32)
+        self.state = rewards.initial_state(str(self.task), num_envs, device=dev, dtype=torch.float32)
+
+    def _load_model(self) -> mujoco.MjModel:
+        return load_mj_model(str(self.task), self._root)
+
+    def _obs_dim(self) -> int:
+        return self.mj_model.nq + self.mj_model.nv
+
+    def observation(self) -> torch.Tensor:
+        """qpos ⊕ qvel, [W, obs_dim] float32 (a copy)."""
+        return torch.cat([self._qpos, self._qvel], dim=1)
+
+    def _initial_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = hashed_uniform(self.seed, self._worlds, self._resets, self.mj_model.nq, -RESET_NOISE, RESET_NOISE)
+        return self._key_qpos + noise, torch.zeros_like(self._qvel)
+
+    def _reset_task_state(self, mask: torch.Tensor) -> None:
+        self.state = rewards.reset_state(self.state, mask)
 
     def _contacts_by_world(self) -> tuple[torch.Tensor, torch.Tensor]:
         """MuJoCo-Warp's global contact list as per-world rows: [W, C, 2] geom pairs (-1 padded) and
@@ -235,7 +349,7 @@ class HumanoidBenchEnv:
     def _reward_inputs(self) -> rewards.RewardInputs:
         ids = self._readout_ids
         contacts, missed = self._contacts_by_world()
-        self._overflow_seen |= (self._overflow != 0).any().int() | missed.any().int()
+        self._overflow_seen |= missed.any().int()  # (BatchedEnv.step folds in data.overflow)
         return rewards.RewardInputs(
             head_z=self._site_xpos[:, ids.head, 2], left_foot_z=self._site_xpos[:, ids.left_foot, 2],
             right_foot_z=self._site_xpos[:, ids.right_foot, 2], torso_upright=self._xmat[:, ids.torso, 2, 2],
@@ -244,44 +358,17 @@ class HumanoidBenchEnv:
             pelvis_xquat=self._xquat[:, ids.pelvis], imu_xpos=self._site_xpos[:, ids.imu],
             qpos=self._qpos, qvel=self._qvel, contact_geom=contacts)
 
-    def step(self, action: torch.Tensor, validate: bool = True):
-        """One env step (10 physics steps) for every world, with auto-reset.
-
-        Args:
-          action: [num_envs, action_dim] float in [-1, 1] (outside values are clipped); NaN is an error
-            when ``validate``.
-          validate: read one flag back to check for NaN actions and earlier capacity overflow.
-
-        Returns:
-          obs [W, obs_dim] (the new episode's first observation where a world was reset), reward [W],
-          terminated [W] bool, truncated [W] bool (time limit, or a diverged world), info: every reward
-          term [W], ``final_observation`` [W, obs_dim] (the observation before any reset),
-          ``episode_return`` / ``episode_length`` [W] (of the episode that just ended, where ``done``),
-          ``done`` [W] bool, ``diverged`` [W] bool.
-        """
-        self._check_action(action, validate)
-        clipped = action.to(torch.float32).clamp(-1.0, 1.0)
-        self._ctrl.copy_((clipped + 1.0) / 2.0 * (self._ctrl_high - self._ctrl_low) + self._ctrl_low)
-        self._physics()
+    def _task_step(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
         reward, terminated, terms, self.state = rewards.compute(str(self.task), self._reward_inputs(),
                                                                  self._constants, self.state)
-        obs = self.observation()
-        diverged = ~torch.isfinite(obs).all(1) | (self._qvel.abs() > EXPLODED_QVEL).any(1)
-        reward = torch.where(diverged, 0.0, reward)
-        self.bad_world_resets += diverged.sum()
-        if self.ignore_termination:
-            terminated = torch.zeros_like(terminated)
-        terminated = terminated & ~diverged
-        self.episode_return += reward
-        self.episode_length += 1
-        truncated = (self.episode_length >= self.time_limit) | diverged
-        done = terminated | truncated
-        info = dict(terms, final_observation=obs, episode_return=self.episode_return.clone(),
-                    episode_length=self.episode_length.clone(), done=done, diverged=diverged)
-        self._reset_worlds(done)
-        return torch.where(done[:, None], self.observation(), obs), reward, terminated, truncated, info
+        return reward, terminated, terms
 
 
-def make(task: str, num_envs: int, device: Optional[str] = None, seed: int = 0, **kwargs) -> HumanoidBenchEnv:
-    """``HumanoidBenchEnv(task, num_envs, device, seed, **kwargs)``; task ids like "h1-walk" ("-v0" accepted)."""
+def make(task: str, num_envs: int, device: Optional[str] = None, seed: int = 0, **kwargs) -> BatchedEnv:
+    """One task, ``num_envs`` worlds: ``HumanoidBenchEnv`` for ids like "h1-walk" ("-v0" accepted),
+    ``CartpoleEnv`` for "cartpole-balance" / "cartpole-swingup"; kwargs go to the env class."""
+    if parse_task_id(task).robot == "cartpole":
+        from .cartpole import CartpoleEnv
+
+        return CartpoleEnv(task, num_envs, device=device, seed=seed, **kwargs)
     return HumanoidBenchEnv(task, num_envs, device=device, seed=seed, **kwargs)

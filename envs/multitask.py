@@ -1,16 +1,17 @@
-"""Several HumanoidBench tasks as one batch: worlds split across tasks, padded observations, masks."""
+"""Several tasks as one batch: worlds split across tasks, padded observations, masks."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
 import torch
 
-from .env import HumanoidBenchEnv
-from .scene import MEDIUM_TASKS, parse_task_id
+from .env import make
+from .scene import CARTPOLE_TASKS, MEDIUM_TASKS, parse_task_id
 
 __all__ = ["TASK_SETS", "TaskSet", "make_set"]
 
-TASK_SETS = {"medium": tuple(f"h1-{task}" for task in MEDIUM_TASKS)}  # EZ-M's task sets
+TASK_SETS = {"medium": tuple(f"h1-{task}" for task in MEDIUM_TASKS),  # EZ-M's task sets
+             "cartpole": tuple(f"cartpole-{task}" for task in CARTPOLE_TASKS)}  # cheap CPU learning check
 
 
 class TaskSet:
@@ -21,7 +22,7 @@ class TaskSet:
     first ``action_dim`` entries (``action_mask`` marks them).
 
     Attributes:
-      tasks: task ids in order; envs: one HumanoidBenchEnv per task; slices: their world ranges;
+      tasks: task ids in order; envs: one env per task (``make``); slices: their world ranges;
       task_ids: [W] int64 task index per world; action_mask: [W, A] bool; obs_dim, action_dim (padded).
     """
 
@@ -37,7 +38,7 @@ class TaskSet:
         share, extra = divmod(num_envs, len(tasks))
         counts = [share + (i < extra) for i in range(len(tasks))]
         self.tasks = tasks
-        self.envs = [HumanoidBenchEnv(task, count, device=device, seed=seed * 1000 + i, **env_kwargs)
+        self.envs = [make(task, count, device=device, seed=seed * 1000 + i, **env_kwargs)
                      for i, (task, count) in enumerate(zip(tasks, counts))]
         starts = [sum(counts[:i]) for i in range(len(counts))]
         self.slices = [slice(start, start + count) for start, count in zip(starts, counts)]
@@ -75,14 +76,14 @@ class TaskSet:
         return self._pad(list(obs)), torch.cat(reward), torch.cat(terminated), torch.cat(truncated), info
 
     def check(self) -> None:
-        """Raises if any task's physics overflowed its capacity (see HumanoidBenchEnv.check)."""
+        """Raises if any task's physics overflowed its capacity (see BatchedEnv.check)."""
         for env in self.envs:
             env.check()
 
 
 def make_set(tasks: Union[str, Sequence[str]], num_envs: int, device: Optional[str] = None, seed: int = 0,
              **env_kwargs) -> TaskSet:
-    """A TaskSet from a set name ("medium") or a list of task ids."""
+    """A TaskSet from a set name ("medium", "cartpole") or a list of task ids."""
     if isinstance(tasks, str):
         if tasks not in TASK_SETS:
             raise ValueError(f"unknown task set {tasks!r}; known sets: {', '.join(TASK_SETS)} (or pass a list of ids)")

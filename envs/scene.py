@@ -1,4 +1,4 @@
-"""Task ids and HumanoidBench scenes loaded into MuJoCo (C) and MuJoCo-Warp."""
+"""Task ids, and the tasks' scenes (HumanoidBench's, our cartpole) loaded into MuJoCo (C) and MuJoCo-Warp."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,15 +9,18 @@ import mujoco
 
 from .assets import resolve_root
 
-__all__ = ["MEDIUM_TASKS", "TaskId", "parse_task_id", "load_mj_model", "Capacity", "put_warp"]
+__all__ = ["MEDIUM_TASKS", "CARTPOLE_TASKS", "HUMANOIDBENCH_ROBOTS", "TaskId", "parse_task_id", "load_mj_model", "Capacity", "put_warp"]
 
 MEDIUM_TASKS = ("stand", "walk", "run", "stair", "crawl", "pole", "slide", "hurdle", "maze")  # EZ-M's medium set
-_ROBOT_TASKS = {"h1": MEDIUM_TASKS}
+CARTPOLE_TASKS = ("balance", "swingup")  # dm_control's cartpole on our own MJCF (envs/cartpole.py)
+HUMANOIDBENCH_ROBOTS = ("h1",)
+_ROBOT_TASKS = {"h1": MEDIUM_TASKS, "cartpole": CARTPOLE_TASKS}
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskId:
-    """A HumanoidBench task: robot ("h1") and task ("walk"); ``str()`` is the canonical id "h1-walk"."""
+    """A task: robot ("h1", or the domain "cartpole") and task ("walk"); ``str()`` is the canonical id
+    "h1-walk"."""
 
     robot: str
     task: str
@@ -43,8 +46,13 @@ def parse_task_id(task_id: str) -> TaskId:
 
 
 def load_mj_model(task_id: str, root: Optional[os.PathLike | str] = None) -> mujoco.MjModel:
-    """HumanoidBench's own scene ``envs/{robot}_pos_{task}.xml`` compiled by MuJoCo (C)."""
+    """The task's scene compiled by MuJoCo (C): HumanoidBench's own ``envs/{robot}_pos_{task}.xml``,
+    or for cartpole our MJCF string (no assets, ``root`` unused)."""
     task = parse_task_id(task_id)
+    if task.robot == "cartpole":
+        from .cartpole import CARTPOLE_XML
+
+        return mujoco.MjModel.from_xml_string(CARTPOLE_XML)
     path = resolve_root(root) / "humanoid_bench" / "assets" / "envs" / f"{task.robot}_pos_{task.task}.xml"
     return mujoco.MjModel.from_xml_path(str(path))
 
