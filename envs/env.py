@@ -181,6 +181,28 @@ class BatchedEnv:
         if state is not None:
             self.state = {k: v.to(self.device) for k, v in state.items()}
 
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue these worlds exactly: physics state (qpos, qvel,
+        warmstart, ctrl, time), episode counters, reset counters (the RNG), task state, time limit."""
+        return {"qpos": self._qpos.clone(), "qvel": self._qvel.clone(), "warmstart": self._warmstart.clone(),
+                "ctrl": self._ctrl.clone(), "time": self._time.clone(), "resets": self._resets.clone(),
+                "episode_return": self.episode_return.clone(), "episode_length": self.episode_length.clone(),
+                "bad_world_resets": self.bad_world_resets.clone(), "state": dict(self.state),
+                "time_limit": self.time_limit, "task": str(self.task), "num_envs": self.num_envs}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores ``state_dict()`` of an env of the same task and world count."""
+        if state["task"] != str(self.task) or state["num_envs"] != self.num_envs:
+            raise ValueError(f"state of {state['task']} x{state['num_envs']} cannot load into {self.task} "
+                             f"x{self.num_envs}")
+        for name, target in (("qpos", self._qpos), ("qvel", self._qvel), ("warmstart", self._warmstart),
+                             ("ctrl", self._ctrl), ("time", self._time), ("resets", self._resets),
+                             ("episode_return", self.episode_return), ("episode_length", self.episode_length),
+                             ("bad_world_resets", self.bad_world_resets)):
+            target.copy_(state[name])
+        self.state = {k: v.to(self.device) for k, v in state["state"].items()}
+        self.time_limit = state["time_limit"]
+
     def _reset_worlds(self, mask: torch.Tensor) -> None:
         """Resets the worlds where mask [W] is True, on device and without reading the mask."""
         qpos, qvel = self._initial_state()

@@ -75,6 +75,23 @@ class TaskSet:
         info["terms"] = [{k: v for k, v in i.items() if k not in common + ("final_observation",)} for i in infos]
         return self._pad(list(obs)), torch.cat(reward), torch.cat(terminated), torch.cat(truncated), info
 
+    def set_time_limit(self, steps: int) -> None:
+        """Changes every task's episode length (EZ-M's curriculum: 500, then 1000)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"time limit must be an integer >= 1, got {steps!r}")
+        for env in self.envs:
+            env.time_limit = steps
+
+    def state_dict(self) -> dict:
+        """Per-task env states (see ``BatchedEnv.state_dict``)."""
+        return {"tasks": list(self.tasks), "envs": [env.state_dict() for env in self.envs]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["tasks"] != self.tasks:
+            raise ValueError(f"state of tasks {state['tasks']} cannot load into {self.tasks}")
+        for env, env_state in zip(self.envs, state["envs"]):
+            env.load_state_dict(env_state)
+
     def check(self) -> None:
         """Raises if any task's physics overflowed its capacity (see BatchedEnv.check)."""
         for env in self.envs:

@@ -47,3 +47,21 @@ def test_list_of_tasks_and_padding():
 def test_bad_sets(tasks, num_envs, message):
     with pytest.raises(ValueError, match=message):
         envs.make_set(tasks, num_envs, device="cpu", root=ASSETS)
+
+
+def test_state_dict_round_trip_continues_identically():
+    a = envs.make_set(["cartpole-balance", "cartpole-swingup"], 4, device="cpu", seed=5)
+    a.reset()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        a.step(torch.rand(4, 1, generator=g) * 2 - 1)
+    saved = a.state_dict()
+    actions = [torch.rand(4, 1, generator=g) * 2 - 1 for _ in range(4)]
+    expected = [a.step(x)[0] for x in actions]
+    b = envs.make_set(["cartpole-balance", "cartpole-swingup"], 4, device="cpu", seed=5)
+    b.load_state_dict(saved)
+    assert all(torch.equal(b.step(x)[0], e) for x, e in zip(actions, expected))
+    b.set_time_limit(2)
+    assert all(env.time_limit == 2 for env in b.envs)
+    with pytest.raises(ValueError, match="cannot load into"):
+        envs.make_set(["cartpole-balance"], 2, device="cpu").load_state_dict(saved)

@@ -1,0 +1,50 @@
+"""``python -m ezm_gpu.evaluate RUN_DIR``: evaluates a run's latest checkpoint on its tasks."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+
+from . import envs
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .config import ConfigError
+from .train import _device, build_model, evaluate, load_run_config
+
+__all__ = ["SUCCESS", "main"]
+
+# Success bars: the cartpole targets of this project's learning proof; HumanoidBench's own bars are
+# compared in the training table once recorded for the h1 tasks.
+SUCCESS = {"cartpole-balance": 800.0, "cartpole-swingup": 600.0}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m ezm_gpu.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=pathlib.Path, help="a run directory written by ezm_gpu.train")
+    parser.add_argument("--steps", type=int, default=None, help="evaluation episode length (default: the run's)")
+    parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_run_config(args.run_dir)
+        if args.steps is not None:
+            if args.steps < 1:
+                raise ConfigError(f"invalid --steps={args.steps}: an integer >= 1")
+            cfg = dataclasses.replace(cfg, eval_steps=args.steps)
+        path = latest_checkpoint(args.run_dir / "checkpoints")
+        if path is None:
+            raise ConfigError(f"{args.run_dir / 'checkpoints'} holds no checkpoint yet")
+    except (ConfigError, FileNotFoundError) as error:
+        parser.error(str(error))
+    device = _device(cfg.device)
+    tasks = envs.make_set(cfg.tasks, len(envs.TASK_SETS.get(cfg.tasks, cfg.tasks)), device=str(device))
+    model = build_model(cfg, tasks, device)
+    model.load_state_dict(load_checkpoint(path, map_location=device)["learner"]["ema"]["copy"])
+    scores = evaluate(model.eval(), tasks.tasks, cfg, device, args.seed)
+    print(f"{'task':24s} {'return':>10s} {'success bar':>12s}")
+    for task, score in scores.items():
+        bar = SUCCESS.get(task)
+        print(f"{task:24s} {score:10.1f} {bar if bar is not None else '-':>12}")
+    return scores
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""``python -m ezm_gpu.train envs=4096``: EZ-M on a task set, entirely on the available device.
+
+The loop, top to bottom: batched search over all worlds → env step → replay insert → updates at the
+replay ratio (reanalysis + loss + Adam, learner.py) → EMA → periodic evaluation, logs, checkpoints.
+A run directory holds ``config.yaml``, ``metrics.csv``, TensorBoard events, ``checkpoints/`` and the
+learning-curve PNG; ``resume=RUN_DIR`` continues from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import signal
+import time
+from typing import Optional
+
+import torch
+
+from . import envs
+from .acting import act
+from .checkpoint import capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint, restore_rng_state, \
+    save_checkpoint
+from .config import ConfigError, SearchSettings, TrainConfig, validate
+from .kernels import SearchConfig
+from .learner import Learner, LearnerConfig
+from .metrics import MetricsLogger
+from .model import EZMModel, ModelConfig
+from .replay import ReplayBuffer, ReplayConfig
+
+__all__ = ["run", "evaluate", "main", "build_model", "load_run_config", "TrainingDiverged", "KEEP_CHECKPOINTS"]
+
+KEEP_CHECKPOINTS = 3  # newest checkpoints kept in run_dir/checkpoints
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is left untouched."""
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("invalid device='cuda': no CUDA device is available (use device=cpu or auto)")
+    return torch.device(name)
+
+
+def _search(settings: SearchSettings) -> SearchConfig:
+    return SearchConfig(num_simulations=settings.num_simulations, num_top_actions=settings.num_root_actions,
+                        num_child_actions=settings.num_child_actions, discount=settings.discount)
+
+
+def _search_kwargs(settings: SearchSettings) -> dict:
+    return dict(num_root=settings.num_root_actions, root_wide=settings.root_wide, child_wide=settings.child_wide)
+
+
+@torch.no_grad()
+def evaluate(model: EZMModel, tasks: list, cfg: TrainConfig, device: torch.device, seed: int) -> dict:
+    """One ``cfg.eval_steps``-step episode per task with search (sampling noise kept, as released);
+    returns task -> undiscounted return (until the episode ends)."""
+    episode_length = cfg.eval_steps
+    world = envs.make_set(tasks, len(tasks), device=str(device), seed=seed, time_limit=episode_length,
+                          ignore_termination=False)
+    obs = world.reset()
+    generator = torch.Generator(device).manual_seed(seed)
+    returns = torch.zeros(len(tasks), device=device)
+    running = torch.ones(len(tasks), dtype=torch.bool, device=device)
+    for _ in range(episode_length):
+        actions = act(model, obs, world.task_ids, _search(cfg.search), generator, **_search_kwargs(cfg.search)).actions
+        obs, reward, _, _, info = world.step(actions, validate=False)
+        returns += reward * running
+        running &= ~info["done"]
+    return dict(zip(tasks, returns.tolist()))
+
+
+def run(cfg: TrainConfig) -> pathlib.Path:
+    """Trains per ``cfg``; returns the run directory. Raises ConfigError before any work on a bad value."""
+    tasks = validate(cfg)
+    device = _device(cfg.device)
+    import warp as wp
+
+    wp.config.quiet = True  # kernel-cache lines would drown the progress bar
+    if cfg.resume:  # continue with the run's own configuration (only `resume` itself may differ)
+        cfg = dataclasses.replace(load_run_config(pathlib.Path(cfg.resume)), resume=cfg.resume)
+    run_dir = pathlib.Path(cfg.resume or cfg.out or f"runs/{'-'.join(tasks) if len(tasks) < 3 else cfg.tasks}-"
+                                                    f"{time.strftime('%Y%m%d-%H%M%S')}")
+    resume_from = latest_checkpoint(run_dir / "checkpoints") if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        raise ConfigError(f"invalid resume={cfg.resume!r}: it holds no checkpoint (checkpoints/checkpoint_*.pt)")
+    num_tasks = len(tasks)
+    torch.manual_seed(cfg.seed)
+
+    # The task set, the model, the learner and the replay.
+    world = envs.make_set(tasks, cfg.envs, device=str(device), seed=cfg.seed, time_limit=cfg.episode_length,
+                          ignore_termination=cfg.ignore_termination)
+    per_task_worlds = [s.stop - s.start for s in world.slices]
+    model = build_model(cfg, world, device)
+    iterations = math.ceil(cfg.steps / min(per_task_worlds))
+    updates_per_iteration = cfg.envs * cfg.replay_ratio / cfg.batch_size
+    learner = Learner(model, LearnerConfig(discount=cfg.search.discount,
+                                           total_updates=max(1, int(iterations * updates_per_iteration))),
+                      _search(cfg.search))
+    replay = ReplayBuffer(ReplayConfig(num_tasks=num_tasks, capacity=cfg.replay_capacity, obs_dim=world.obs_dim,
+                                       action_dim=world.action_dim, num_worlds=cfg.envs,
+                                       batch_size=cfg.batch_size // num_tasks * num_tasks), device=device)
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    counters = {"iteration": 0, "updates": 0, "debt": 0.0}
+    obs = world.reset()
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, map_location=device)
+        learner.load_state_dict(state["learner"])
+        replay.load_state_dict(state["replay"])
+        world.load_state_dict(state["envs"])
+        restore_rng_state(state["rng"], [generator])
+        counters = state["counters"]
+        obs = state["obs"]
+        resumed_returns = state["returns"]
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(_to_yaml(cfg))
+    metrics = MetricsLogger(run_dir)
+
+    def checkpoint() -> None:
+        folder = run_dir / "checkpoints"
+        save_checkpoint(checkpoint_path(folder, counters["updates"]), {
+            "learner": learner.state_dict(), "replay": replay.state_dict(), "envs": world.state_dict(),
+            "rng": capture_rng_state([generator]), "counters": dict(counters), "obs": obs,
+            "returns": {k: v.clone() for k, v in returns.items()}})
+        for old in sorted(folder.glob("checkpoint_*.pt"))[:-KEEP_CHECKPOINTS]:
+            old.unlink()
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):  # finish the current iteration, checkpoint, exit
+        stop["signal"] = signum
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    returns = {"sum": torch.zeros(num_tasks, device=device), "count": torch.zeros(num_tasks, device=device)}
+    if resume_from is not None:
+        returns = resumed_returns
+    progress = _progress(iterations, counters["iteration"])
+    try:
+        while counters["iteration"] < iterations and stop["signal"] is None:
+            collected = counters["iteration"] * min(per_task_worlds)
+            acting_random = collected < cfg.start_transitions  # same count for every task: host-known
+            out = act(learner.ema.copy, obs, world.task_ids, _search(cfg.search), generator,
+                      random=acting_random, **_search_kwargs(cfg.search))
+            next_obs, reward, terminated, _, info = world.step(out.actions, validate=False)
+            replay.add(world.task_ids, obs, out.actions, reward, info["done"], info["final_observation"],
+                       terminated, validate=False)
+            done = info["done"].float()
+            returns["sum"].index_add_(0, world.task_ids, info["episode_return"] * done)
+            returns["count"].index_add_(0, world.task_ids, done)
+            obs = next_obs
+            counters["iteration"] += 1
+            if counters["iteration"] == int(0.4 * iterations):  # episode-length curriculum (release)
+                world.set_time_limit(max(cfg.episode_length, 1000))
+            if not acting_random:
+                counters["debt"] += updates_per_iteration
+                while counters["debt"] >= 1.0:
+                    terms = learner.update(replay, generator)
+                    counters["debt"] -= 1.0
+                    counters["updates"] += 1
+                    if not bool(torch.isfinite(terms["loss"])):
+                        raise TrainingDiverged(
+                            f"loss became {float(terms['loss'])} at update {counters['updates']}; the last good "
+                            f"checkpoint in {run_dir / 'checkpoints'} is intact (lower the learning rate or check "
+                            "the observations)")
+                    _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, world, checkpoint)
+            progress.set_postfix(updates=counters["updates"], refresh=False)
+            progress.update(1)
+        world.check()
+        checkpoint()
+    finally:
+        progress.close()
+        metrics.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stop["signal"] is None:
+        scores = evaluate(learner.ema.copy, tasks, cfg, device, cfg.seed + 1)
+        metrics = MetricsLogger(run_dir, tensorboard=False)
+        metrics.log(counters["updates"], counters["iteration"] * min(per_task_worlds),
+                    {f"eval/return/{t}": v for t, v in scores.items()})
+        print("\n".join(f"{task:24s} {score:10.1f}" for task, score in scores.items()))
+    return run_dir
+
+
+def build_model(cfg: TrainConfig, world, device: torch.device) -> EZMModel:
+    """The preset's model sized for a task set (padded obs/action dims, one action mask per task)."""
+    masks = torch.stack([world.action_mask[s.start] for s in world.slices]).float()
+    config = getattr(ModelConfig, cfg.preset)(obs_dim=world.obs_dim, action_dim=world.action_dim,
+                                              num_tasks=len(world.tasks))
+    return EZMModel(config, action_masks=masks).to(device)
+
+
+def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
+    """The TrainConfig a run was started with (run_dir/config.yaml)."""
+    from omegaconf import OmegaConf
+
+    path = pathlib.Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: pass a run directory written by ezm_gpu.train")
+    return _from_dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+
+
+def _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, world, checkpoint) -> None:
+    """Logs, evaluations and checkpoints on their update intervals (host reads happen only here)."""
+    updates = counters["updates"]
+    env_steps = counters["iteration"] * min(s.stop - s.start for s in world.slices)
+    if updates % cfg.log_interval == 0:
+        row = {f"train/{k}": float(v) for k, v in terms.items()}
+        finished = returns["count"].clamp(min=1)
+        for task, mean, count in zip(tasks, (returns["sum"] / finished).tolist(), returns["count"].tolist()):
+            if count:
+                row[f"episode/return/{task}"] = mean
+        returns["sum"].zero_()
+        returns["count"].zero_()
+        metrics.log(updates, env_steps, row)
+    if updates % cfg.eval_interval == 0:
+        scores = evaluate(learner.ema.copy, tasks, cfg, device, cfg.seed + updates)
+        metrics.log(updates, env_steps, {f"eval/return/{t}": v for t, v in scores.items()})
+    if updates % cfg.checkpoint_interval == 0:
+        checkpoint()
+
+
+def _progress(total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc="env steps x worlds")
+
+
+def _to_yaml(cfg: TrainConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _from_dict(values: dict) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown keys {unknown}; known: {', '.join(sorted(known))}")
+    values = dict(values)
+    if isinstance(values.get("search"), dict):
+        search_known = {f.name for f in dataclasses.fields(SearchSettings)}
+        bad = sorted(set(values["search"]) - search_known)
+        if bad:
+            raise ConfigError(f"unknown keys {['search.' + b for b in bad]}; known: {sorted(search_known)}")
+        values["search"] = SearchSettings(**values["search"])
+    return TrainConfig(**values)
+
+
+def main(argv: Optional[list] = None) -> None:
+    """Hydra entry point: ``python -m ezm_gpu.train key=value ...`` (configs/train.yaml)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+    import sys
+
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    with initialize_config_module(config_module="ezm_gpu.configs", version_base=None):
+        composed = compose(config_name="train", overrides=overrides)
+    try:
+        cfg = _from_dict(OmegaConf.to_container(composed, resolve=True))
+        print(f"run directory: {run(cfg)}")
+    except ConfigError as error:
+        raise SystemExit(f"ezm_gpu.train: {error}")
+
+
+if __name__ == "__main__":
+    main()
