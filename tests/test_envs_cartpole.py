@@ -14,6 +14,7 @@ from ezm_gpu import envs
 from ezm_gpu.envs import assets, scene
 from ezm_gpu.envs.cartpole import (BALANCE_ANGLE_RANGE, BALANCE_CART_RANGE, CARTPOLE_XML, CartpoleEnv,
                                    cartpole_reward)
+from host_sync import forbid_host_sync
 
 # A float32 RK4 step of MuJoCo-Warp against MuJoCo C's float64 step from the same float32 state.
 QPOS_ATOL, QVEL_ATOL = 1e-6, 1e-5  # measured max: 1.1e-7, 1.7e-7
@@ -170,17 +171,12 @@ def test_step_does_no_host_sync(monkeypatch):
     action = torch.zeros(4, 1)
     env.step(action, validate=False)  # warm up (kernel loading)
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("host synchronisation inside env.step")
-
-    for name in ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__"):
-        monkeypatch.setattr(torch.Tensor, name, forbidden)
-    monkeypatch.setattr(torch, "nonzero", forbidden)
+    forbid_host_sync(monkeypatch, "env.step")
     obs, reward, terminated, truncated, info = env.step(action, validate=False)
     monkeypatch.undo()
     assert truncated.all() and torch.isfinite(obs).all()
     with pytest.raises(AssertionError, match="host synchronisation"):  # the patch does catch a read
-        monkeypatch.setattr(torch.Tensor, "tolist", forbidden)
+        forbid_host_sync(monkeypatch, "env.step")
         env.step(action)  # validate=True reads one flag
 
 

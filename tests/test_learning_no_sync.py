@@ -6,9 +6,9 @@ from ezm_gpu.loss import UnrollTargets, ezm_loss
 from ezm_gpu.learner import unroll
 from ezm_gpu.model import EZMModel, ModelConfig
 from ezm_gpu.reanalyze import reanalyze
+from host_sync import forbid_host_sync
 from test_learner import ACT, OBS, TASKS, _filled_replay
 
-SYNCS = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
 
 
 def test_sample_targets_and_loss_without_host_sync(monkeypatch):
@@ -17,12 +17,7 @@ def test_sample_targets_and_loss_without_host_sync(monkeypatch):
     model = EZMModel(ModelConfig.cpu(obs_dim=OBS, action_dim=ACT, num_tasks=TASKS))
     g = torch.Generator().manual_seed(0)
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("host synchronisation")
-
-    for name in SYNCS:
-        monkeypatch.setattr(torch.Tensor, name, forbidden)
-    monkeypatch.setattr(torch, "nonzero", forbidden)
+    forbid_host_sync(monkeypatch, "sample/targets/loss")
     batch = replay.sample(g)
     targets = reanalyze(model.eval(), batch, SearchConfig(num_simulations=4, num_top_actions=4), 0.99, 5, 5,
                         num_updates=60_000, generator=g)
