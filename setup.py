@@ -34,6 +34,7 @@ setup(
         "hydra-core>=1.3",
         "matplotlib>=3.7",  # learning-curve plots (python -m ezm_gpu.plot)
         "tensorboard>=2.14",  # run metrics
+        "tqdm>=4.60",  # training progress bar
     ],
     extras_require={
         # setuptools and wheel: the packaging test builds a wheel offline (--no-build-isolation)
