@@ -7,8 +7,8 @@ import pathlib
 
 from . import envs
 from .checkpoint import latest_checkpoint, load_checkpoint
-from .config import ConfigError
-from .train import _device, build_model, evaluate, load_run_config
+from .config import ConfigError, validate
+from .train import build_model, evaluate, load_run_config, resolve_device
 
 __all__ = ["SUCCESS", "main"]
 
@@ -34,8 +34,9 @@ def main(argv=None) -> dict:
             raise ConfigError(f"{args.run_dir / 'checkpoints'} holds no checkpoint yet")
     except (ConfigError, FileNotFoundError) as error:
         parser.error(str(error))
-    device = _device(cfg.device)
-    tasks = envs.make_set(cfg.tasks, len(envs.TASK_SETS.get(cfg.tasks, cfg.tasks)), device=str(device))
+    device = resolve_device(cfg.device)
+    names = validate(cfg)  # a set name or a list, resolved the way training resolved it
+    tasks = envs.make_set(names, len(names), device=str(device))
     model = build_model(cfg, tasks, device)
     model.load_state_dict(load_checkpoint(path, map_location=device)["learner"]["ema"]["copy"])
     scores = evaluate(model.eval(), tasks.tasks, cfg, device, args.seed)

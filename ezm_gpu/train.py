@@ -27,7 +27,7 @@ from .metrics import MetricsLogger
 from .model import EZMModel, ModelConfig
 from .replay import ReplayBuffer, ReplayConfig
 
-__all__ = ["run", "evaluate", "main", "build_model", "load_run_config", "TrainingDiverged", "KEEP_CHECKPOINTS"]
+__all__ = ["run", "evaluate", "main", "resolve_device", "build_model", "load_run_config", "TrainingDiverged", "KEEP_CHECKPOINTS"]
 
 KEEP_CHECKPOINTS = 3  # newest checkpoints kept in run_dir/checkpoints
 
@@ -36,7 +36,8 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is left untouched."""
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -75,7 +76,7 @@ def evaluate(model: EZMModel, tasks: list, cfg: TrainConfig, device: torch.devic
 def run(cfg: TrainConfig) -> pathlib.Path:
     """Trains per ``cfg``; returns the run directory. Raises ConfigError before any work on a bad value."""
     tasks = validate(cfg)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     import warp as wp
 
     wp.config.quiet = True  # kernel-cache lines would drown the progress bar
