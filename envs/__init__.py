@@ -13,7 +13,7 @@ from . import rewards
 from .assets import AssetsNotFoundError, resolve_root
 from .cartpole import CartpoleEnv
 from .env import BatchedEnv, CapacityOverflowError, HumanoidBenchEnv, make
-from .multitask import TASK_SETS, TaskSet, make_set
+from .multitask import SUCCESS_BARS, TASK_SETS, TaskSet, make_set, success_bar
 from .scene import CARTPOLE_TASKS, MEDIUM_TASKS, Capacity, parse_task_id
 
 __all__ = [
@@ -24,6 +24,8 @@ __all__ = [
     "CartpoleEnv",
     "TaskSet",
     "TASK_SETS",
+    "SUCCESS_BARS",
+    "success_bar",
     "MEDIUM_TASKS",
     "CARTPOLE_TASKS",
     "Capacity",

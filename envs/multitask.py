@@ -8,10 +8,29 @@ import torch
 from .env import make
 from .scene import CARTPOLE_TASKS, MEDIUM_TASKS, parse_task_id
 
-__all__ = ["TASK_SETS", "TaskSet", "make_set"]
+__all__ = ["TASK_SETS", "SUCCESS_BARS", "success_bar", "TaskSet", "make_set"]
 
 TASK_SETS = {"medium": tuple(f"h1-{task}" for task in MEDIUM_TASKS),  # EZ-M's task sets
              "cartpole": tuple(f"cartpole-{task}" for task in CARTPOLE_TASKS)}  # cheap CPU learning check
+
+# Return (1000-step episode) at which a task counts as solved: HumanoidBench's ``success_bar`` class
+# attributes (the same for h1 and h1hand), and this project's learning-check targets for cartpole
+# (dm_control defines no bar).
+SUCCESS_BARS = {"stand": 800.0, "walk": 700.0, "run": 700.0, "stair": 700.0, "crawl": 700.0, "pole": 700.0,
+                "slide": 700.0, "hurdle": 700.0, "maze": 1200.0, "sit_simple": 750.0, "sit_hard": 750.0,
+                "balance_simple": 800.0, "balance_hard": 800.0, "reach": 12000.0,
+                "cartpole-balance": 800.0, "cartpole-swingup": 600.0}
+
+
+def success_bar(task: str) -> float:
+    """The success bar of a task id ("h1-walk", "h1hand-walk-v0", "cartpole-swingup")."""
+    task = task.removesuffix("-v0")
+    if task in SUCCESS_BARS:
+        return SUCCESS_BARS[task]
+    name = task.split("-", 1)[-1]
+    if name not in SUCCESS_BARS:
+        raise ValueError(f"no success bar for task {task!r}; known: {', '.join(SUCCESS_BARS)}")
+    return SUCCESS_BARS[name]
 
 
 class TaskSet:
@@ -75,12 +94,21 @@ class TaskSet:
         info["terms"] = [{k: v for k, v in i.items() if k not in common + ("final_observation",)} for i in infos]
         return self._pad(list(obs)), torch.cat(reward), torch.cat(terminated), torch.cat(truncated), info
 
-    def set_time_limit(self, steps: int) -> None:
-        """Changes every task's episode length (EZ-M's curriculum: 500, then 1000)."""
+    def set_time_limit(self, steps: int, task: Optional[int] = None) -> None:
+        """Changes the episode length of every task, or of task index ``task`` only (EZ-M's curriculum:
+        500, then 1000). Episodes under way keep running and end at the new limit."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"time limit must be an integer >= 1, got {steps!r}")
-        for env in self.envs:
-            env.time_limit = steps
+        if task is not None and not 0 <= task < len(self.envs):
+            raise ValueError(f"task index must lie in [0, {len(self.envs)}), got {task!r}")
+        for index, env in enumerate(self.envs):
+            if task is None or index == task:
+                env.time_limit = steps
+
+    @property
+    def time_limits(self) -> list[int]:
+        """Each task's current episode length."""
+        return [env.time_limit for env in self.envs]
 
     def state_dict(self) -> dict:
         """Per-task env states (see ``BatchedEnv.state_dict``)."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-__all__ = ["TrainConfig", "SearchSettings", "validate", "ConfigError", "PRESETS", "DEVICES"]
+__all__ = ["TrainConfig", "SearchSettings", "validate", "model_config", "ConfigError", "PRESETS", "DEVICES"]
 
 PRESETS = ("hard", "medium", "cpu")  # model presets (ezm_gpu.model.ModelConfig)
 DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,12 @@ class TrainConfig:
     eval_steps: int = 1000  # length of the evaluation episode (one per task)
     checkpoint_interval: int = 1000  # updates between checkpoints
     log_interval: int = 100  # updates between log lines
+    lr: float = 1e-4  # Adam learning rate (x0.1 after 90% of the updates)
+    ema_tau: float = 0.01  # EMA rate of the acting/reanalysis copy (release)
+    ema_interval: int = 5  # updates between EMA steps (release)
+    td_steps: int = 5  # n of the n-step value targets (release: 5)
+    precision: str = "auto"  # gradient step: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    model: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields over the preset (configs/preset)
     search: SearchSettings = dataclasses.field(default_factory=SearchSettings)  # acting/reanalysis search
 
 
@@ -63,6 +70,33 @@ def _positive_int(cfg, key: str, minimum: int = 1):
     value = getattr(cfg, key.split(".")[-1])
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         _fail(key, value, f"an integer >= {minimum}")
+
+
+def model_config(cfg: TrainConfig, obs_dim: int, action_dim: int, num_tasks: int):
+    """The ``ModelConfig`` of ``cfg.preset`` with ``cfg.model``'s fields over it, sized for a task set.
+
+    Raises ConfigError naming ``model.<field>`` for an unknown field or a value ModelConfig rejects.
+    """
+    from .model import PRESETS as MODEL_PRESETS, ModelConfig
+
+    known = {f.name for f in dataclasses.fields(ModelConfig)} - {"obs_dim", "action_dim", "num_tasks"}
+    fields = dict(cfg.model or {})
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"unknown keys {['model.' + k for k in unknown]}; known: "
+                          + ", ".join("model." + k for k in sorted(known)))
+    try:
+        return MODEL_PRESETS[cfg.preset](obs_dim=obs_dim, action_dim=action_dim, num_tasks=num_tasks, **fields)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"invalid model (preset {cfg.preset!r} + model.*): {error}") from None
+
+
+def _model_config(cfg: TrainConfig) -> None:
+    if cfg.preset not in PRESETS:
+        _fail("preset", cfg.preset, "one of " + ", ".join(PRESETS))
+    if not isinstance(cfg.model, dict):
+        _fail("model", cfg.model, "a mapping of ModelConfig fields (model.hidden=256 ...)")
+    model_config(cfg, obs_dim=1, action_dim=1, num_tasks=1)
 
 
 def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Optional[set] = None) -> list[str]:
@@ -85,10 +119,17 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
     _positive_int(cfg, "seed", minimum=0)
     if cfg.device not in DEVICES:
         _fail("device", cfg.device, "one of " + ", ".join(DEVICES))
-    if cfg.preset not in PRESETS:
-        _fail("preset", cfg.preset, "one of " + ", ".join(PRESETS))
-    if isinstance(cfg.replay_ratio, bool) or not isinstance(cfg.replay_ratio, (int, float)) or cfg.replay_ratio <= 0:
-        _fail("replay_ratio", cfg.replay_ratio, "a number > 0")
+    if cfg.precision not in PRECISIONS:
+        _fail("precision", cfg.precision, "one of " + ", ".join(PRECISIONS))
+    _model_config(cfg)
+    for key in ("replay_ratio", "lr"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+            _fail(key, value, "a finite number > 0")
+    if isinstance(cfg.ema_tau, bool) or not isinstance(cfg.ema_tau, (int, float)) or not 0 < cfg.ema_tau <= 1:
+        _fail("ema_tau", cfg.ema_tau, "a number in (0, 1]")
+    _positive_int(cfg, "ema_interval")
+    _positive_int(cfg, "td_steps")
     if isinstance(cfg.tasks, str):
         if cfg.tasks not in task_sets:
             _fail("tasks", cfg.tasks, "a task-set name (" + ", ".join(task_sets) + ") or a list of task ids")

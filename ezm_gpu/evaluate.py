@@ -8,13 +8,10 @@ import pathlib
 from . import envs
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import ConfigError, validate
+from .metrics import results_table
 from .train import build_model, evaluate, load_run_config, resolve_device
 
-__all__ = ["SUCCESS", "main"]
-
-# Success bars: the cartpole targets of this project's learning proof; HumanoidBench's own bars are
-# compared in the training table once recorded for the h1 tasks.
-SUCCESS = {"cartpole-balance": 800.0, "cartpole-swingup": 600.0}
+__all__ = ["main"]
 
 
 def main(argv=None) -> dict:
@@ -40,10 +37,7 @@ def main(argv=None) -> dict:
     model = build_model(cfg, tasks, device)
     model.load_state_dict(load_checkpoint(path, map_location=device)["learner"]["ema"]["copy"])
     scores = evaluate(model.eval(), tasks.tasks, cfg, device, args.seed)
-    print(f"{'task':24s} {'return':>10s} {'success bar':>12s}")
-    for task, score in scores.items():
-        bar = SUCCESS.get(task)
-        print(f"{task:24s} {score:10.1f} {bar if bar is not None else '-':>12}")
+    print(results_table(scores))
     return scores
 
 

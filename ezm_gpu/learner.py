@@ -38,6 +38,9 @@ class LearnerConfig:
     ema_tau: float = 0.01  # EMA rate of the acting/reanalysis copy
     ema_interval: int = 5  # updates between EMA steps
     weights: LossWeights = LossWeights()  # loss coefficients
+    autocast_dtype: Optional[torch.dtype] = None  # e.g. torch.bfloat16: the unroll and loss under autocast
+    # (mixed precision; the release uses it on GPU). Reanalysis always runs in float32: its searches rank
+    # actions by value differences far below bfloat16's resolution at typical value magnitudes.
 
 
 def entropy_estimate(log_std: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -89,8 +92,12 @@ def unroll(model: EZMModel, batch: ReplayBatch, targets: Reanalysis, unroll_step
 class Learner:
     """Owns the online model, its optimiser and EMA copy; ``update`` does one training step."""
 
-    def __init__(self, model: EZMModel, config: LearnerConfig, search: SearchConfig):
+    def __init__(self, model: EZMModel, config: LearnerConfig, search: SearchConfig,
+                 search_kwargs: Optional[dict] = None):
+        """``search_kwargs``: the reanalysis searches' candidate settings, passed to ``reanalyze`` (num_root,
+        root_wide, child_wide; default the release's 16 / 12 / 1). Use the acting search's own settings."""
         self.model, self.config, self.search = model, config, search
+        self.search_kwargs = dict(search_kwargs or {})
         on_cuda = next(model.parameters()).is_cuda
         # capturable keeps Adam's step counters on the device: no host read per update on CUDA.
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
@@ -104,9 +111,13 @@ class Learner:
         c = self.config
         batch = replay.sample(generator)
         targets = reanalyze(self.ema.copy, batch, self.search, c.discount, c.unroll_steps, c.td_steps,
-                            self.updates, generator)
+                            self.updates, generator, **self.search_kwargs)
         self.model.train()
-        predictions, first_values = unroll(self.model, batch, targets, c.unroll_steps, generator)
+        device_type = batch.obs.device.type
+        with torch.autocast(device_type, dtype=c.autocast_dtype or torch.float32, enabled=c.autocast_dtype is not None):
+            predictions, first_values = unroll(self.model, batch, targets, c.unroll_steps, generator)
+        predictions = UnrollPredictions(**{f.name: getattr(predictions, f.name).float()
+                                           for f in dataclasses.fields(predictions)})  # the loss in float32
         step_targets = UnrollTargets(value=targets.value_targets.T, reward=targets.reward_targets.T,
                                      mask=batch.step_mask[:, :c.unroll_steps].T, is_weight=batch.weights)
         loss, terms = ezm_loss(predictions, step_targets, self.model.support, c.discount, c.weights,

@@ -6,7 +6,7 @@ import os
 import pathlib
 from typing import Mapping, Optional
 
-__all__ = ["MetricsLogger", "read_metrics", "CSV_NAME"]
+__all__ = ["MetricsLogger", "read_metrics", "results_table", "CSV_NAME"]
 
 CSV_NAME = "metrics.csv"
 
@@ -63,3 +63,18 @@ def read_metrics(path: os.PathLike | str) -> list[dict[str, Optional[float]]]:
     """Rows of a metrics CSV as dicts of floats (None where a row has no value for a column)."""
     with open(path, newline="") as f:
         return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def results_table(scores: Mapping[str, float]) -> str:
+    """Per-task evaluation returns against the tasks' success bars (``ezm_gpu.envs.success_bar``), and the
+    mean of return / bar over the set (the spec's summary score). ``scores``: task id -> return."""
+    from ezm_gpu.envs import success_bar
+
+    lines = [f"{'task':24s} {'return':>10s} {'success bar':>12s} {'return/bar':>11s}"]
+    ratios = []
+    for task, score in scores.items():
+        bar = success_bar(task)
+        ratios.append(score / bar)
+        lines.append(f"{task:24s} {score:10.1f} {bar:12.0f} {ratios[-1]:11.2f}{'  solved' if score >= bar else ''}")
+    lines.append(f"{'mean':24s} {'':10s} {'':12s} {sum(ratios) / max(len(ratios), 1):11.2f}")
+    return "\n".join(lines)

@@ -19,7 +19,7 @@ def plot_run(run_dir: pathlib.Path, out: Optional[pathlib.Path] = None,
     Args:
       run_dir: a run directory holding ``metrics.csv``.
       out: PNG path (default ``run_dir/learning_curves.png``).
-      success: optional task -> success bar, drawn as dashed lines.
+      success: task -> success bar, drawn as dashed lines (default: ``ezm_gpu.envs.success_bar`` of each task).
     """
     import matplotlib
 
@@ -33,6 +33,10 @@ def plot_run(run_dir: pathlib.Path, out: Optional[pathlib.Path] = None,
     tasks = sorted({k[len(EVAL_PREFIX):] for row in rows for k in row if k.startswith(EVAL_PREFIX)})
     if not tasks:
         raise ValueError(f"{csv_path} has no evaluation columns ({EVAL_PREFIX}<task>) yet")
+    if success is None:
+        from .envs import SUCCESS_BARS, success_bar
+
+        success = {t: success_bar(t) for t in tasks if t in SUCCESS_BARS or t.split("-", 1)[-1] in SUCCESS_BARS}
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for task in tasks:
         points = [(row["env_steps"], row[EVAL_PREFIX + task]) for row in rows if row.get(EVAL_PREFIX + task) is not None]

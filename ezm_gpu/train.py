@@ -20,14 +20,14 @@ from . import envs
 from .acting import act
 from .checkpoint import capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint, restore_rng_state, \
     save_checkpoint
-from .config import ConfigError, SearchSettings, TrainConfig, validate
+from .config import ConfigError, SearchSettings, TrainConfig, model_config, validate
 from .kernels import SearchConfig
 from .learner import Learner, LearnerConfig
-from .metrics import MetricsLogger
-from .model import EZMModel, ModelConfig
+from .metrics import MetricsLogger, results_table
+from .model import EZMModel
 from .replay import ReplayBuffer, ReplayConfig
 
-__all__ = ["run", "evaluate", "main", "resolve_device", "build_model", "load_run_config", "TrainingDiverged", "KEEP_CHECKPOINTS"]
+__all__ = ["run", "evaluate", "main", "push_recent_returns", "saturated_tasks", "compose_config", "config_group_options", "CONFIG_GROUPS", "resolve_device", "build_model", "load_run_config", "TrainingDiverged", "KEEP_CHECKPOINTS"]
 
 KEEP_CHECKPOINTS = 3  # newest checkpoints kept in run_dir/checkpoints
 
@@ -82,8 +82,7 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     wp.config.quiet = True  # kernel-cache lines would drown the progress bar
     if cfg.resume:  # continue with the run's own configuration (only `resume` itself may differ)
         cfg = dataclasses.replace(load_run_config(pathlib.Path(cfg.resume)), resume=cfg.resume)
-    run_dir = pathlib.Path(cfg.resume or cfg.out or f"runs/{'-'.join(tasks) if len(tasks) < 3 else cfg.tasks}-"
-                                                    f"{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = pathlib.Path(cfg.resume or cfg.out or f"runs/{_run_name(tasks)}-{time.strftime('%Y%m%d-%H%M%S')}")
     resume_from = latest_checkpoint(run_dir / "checkpoints") if cfg.resume else None
     if cfg.resume and resume_from is None:
         raise ConfigError(f"invalid resume={cfg.resume!r}: it holds no checkpoint (checkpoints/checkpoint_*.pt)")
@@ -97,14 +96,20 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     model = build_model(cfg, world, device)
     iterations = math.ceil(cfg.steps / min(per_task_worlds))
     updates_per_iteration = cfg.envs * cfg.replay_ratio / cfg.batch_size
-    learner = Learner(model, LearnerConfig(discount=cfg.search.discount,
+    learner = Learner(model, LearnerConfig(lr=cfg.lr, discount=cfg.search.discount, ema_tau=cfg.ema_tau,
+                                           ema_interval=cfg.ema_interval, td_steps=cfg.td_steps,
+                                           autocast_dtype=_autocast_dtype(cfg.precision, device),
                                            total_updates=max(1, int(iterations * updates_per_iteration))),
-                      _search(cfg.search))
+                      _search(cfg.search), _search_kwargs(cfg.search))
     replay = ReplayBuffer(ReplayConfig(num_tasks=num_tasks, capacity=cfg.replay_capacity, obs_dim=world.obs_dim,
-                                       action_dim=world.action_dim, num_worlds=cfg.envs,
+                                       action_dim=world.action_dim, num_worlds=cfg.envs, td_steps=cfg.td_steps,
                                        batch_size=cfg.batch_size // num_tasks * num_tasks), device=device)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     counters = {"iteration": 0, "updates": 0, "debt": 0.0}
+    # The first non-finite loss (update number, value), kept on the device and read only when a log,
+    # evaluation or checkpoint is due: no host sync per update, and never a checkpoint after a NaN.
+    divergence = {"update": torch.zeros((), dtype=torch.long, device=device),
+                  "loss": torch.zeros((), device=device)}
     obs = world.reset()
     if resume_from is not None:
         state = load_checkpoint(resume_from, map_location=device)
@@ -135,10 +140,13 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         stop["signal"] = signum
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    returns = {"sum": torch.zeros(num_tasks, device=device), "count": torch.zeros(num_tasks, device=device)}
+    returns = {"sum": torch.zeros(num_tasks, device=device), "count": torch.zeros(num_tasks, device=device),
+               "recent": torch.zeros(num_tasks, SATURATION_WINDOW, device=device),  # last finished returns
+               "recent_count": torch.zeros(num_tasks, dtype=torch.long, device=device)}
     if resume_from is not None:
         returns = resumed_returns
-    progress = _progress(iterations, counters["iteration"])
+    progress = _Progress(iterations, counters["iteration"])
+    progress.rates(counters["iteration"] * cfg.envs, counters["updates"])  # starts the throughput clock
     try:
         while counters["iteration"] < iterations and stop["signal"] is None:
             collected = counters["iteration"] * min(per_task_worlds)
@@ -151,6 +159,8 @@ def run(cfg: TrainConfig) -> pathlib.Path:
             done = info["done"].float()
             returns["sum"].index_add_(0, world.task_ids, info["episode_return"] * done)
             returns["count"].index_add_(0, world.task_ids, done)
+            push_recent_returns(returns["recent"], returns["recent_count"], world.task_ids, info["done"],
+                                info["episode_return"])
             obs = next_obs
             counters["iteration"] += 1
             if counters["iteration"] == int(0.4 * iterations):  # episode-length curriculum (release)
@@ -161,15 +171,14 @@ def run(cfg: TrainConfig) -> pathlib.Path:
                     terms = learner.update(replay, generator)
                     counters["debt"] -= 1.0
                     counters["updates"] += 1
-                    if not bool(torch.isfinite(terms["loss"])):
-                        raise TrainingDiverged(
-                            f"loss became {float(terms['loss'])} at update {counters['updates']}; the last good "
-                            f"checkpoint in {run_dir / 'checkpoints'} is intact (lower the learning rate or check "
-                            "the observations)")
-                    _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, world, checkpoint)
-            progress.set_postfix(updates=counters["updates"], refresh=False)
+                    _record_divergence(divergence, terms["loss"], counters["updates"])
+                    if _due(cfg, counters["updates"]):
+                        _raise_if_diverged(divergence, run_dir)
+                        _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, world, checkpoint,
+                                  progress)
             progress.update(1)
         world.check()
+        _raise_if_diverged(divergence, run_dir)
         checkpoint()
     finally:
         progress.close()
@@ -181,16 +190,82 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         metrics = MetricsLogger(run_dir, tensorboard=False)
         metrics.log(counters["updates"], counters["iteration"] * min(per_task_worlds),
                     {f"eval/return/{t}": v for t, v in scores.items()})
-        print("\n".join(f"{task:24s} {score:10.1f}" for task, score in scores.items()))
+        print(results_table(scores))
     return run_dir
 
 
 def build_model(cfg: TrainConfig, world, device: torch.device) -> EZMModel:
-    """The preset's model sized for a task set (padded obs/action dims, one action mask per task)."""
+    """The preset's model (with ``cfg.model``'s fields) sized for a task set (padded obs/action dims, one
+    action mask per task)."""
     masks = torch.stack([world.action_mask[s.start] for s in world.slices]).float()
-    config = getattr(ModelConfig, cfg.preset)(obs_dim=world.obs_dim, action_dim=world.action_dim,
-                                              num_tasks=len(world.tasks))
+    config = model_config(cfg, obs_dim=world.obs_dim, action_dim=world.action_dim, num_tasks=len(world.tasks))
     return EZMModel(config, action_masks=masks).to(device)
+
+
+SATURATION_WINDOW = 10  # the release's curriculum looks at each task's last 10 training returns
+
+
+def push_recent_returns(recent: torch.Tensor, recent_count: torch.Tensor, task_ids: torch.Tensor,
+                        done: torch.Tensor, episode_return: torch.Tensor) -> None:
+    """Appends finished episodes' returns to per-task rings, in place and on device (no host read).
+
+    recent [T, R] ring of each task's last R returns (slot ``count % R`` is next); recent_count [T] int64
+    returns pushed so far; task_ids [W] (worlds grouped by task, as in a TaskSet); done [W] bool;
+    episode_return [W]. When more than R worlds of a task finish at once, its last R (by world) are kept.
+    """
+    tasks, window = recent.shape
+    done = done.bool()
+    one_hot = torch.nn.functional.one_hot(task_ids.long(), tasks).bool() & done[:, None]  # [W, T]
+    rank = (one_hot.long().cumsum(0) - 1).gather(1, task_ids.long()[:, None])[:, 0]  # among the task's done
+    finished = one_hot.sum(0)  # [T]
+    keep = done & (rank >= finished[task_ids.long()] - window)
+    slot = (recent_count[task_ids.long()] + rank) % window
+    flat = torch.where(keep, task_ids.long() * window + slot, tasks * window)  # dropped rows -> a spare slot
+    spare = torch.cat([recent.reshape(-1), recent.new_zeros(1)])
+    spare.scatter_(0, flat, torch.where(keep, episode_return.to(recent.dtype), 0.0))
+    recent.copy_(spare[:-1].view(tasks, window))
+    recent_count.add_(finished)
+
+
+def saturated_tasks(recent: torch.Tensor, recent_count: torch.Tensor) -> list[int]:
+    """Task indices whose last R returns have saturated (release: ``max - min < 0.1 max`` and ``min > 60``).
+
+    Reads the rings on the host: call it where a log is written anyway.
+    """
+    full = recent_count >= recent.shape[1]
+    high, low = recent.amax(1), recent.amin(1)
+    return [i for i, hit in enumerate((full & (high - low < 0.1 * high) & (low > 60)).tolist()) if hit]
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _run_name(tasks: list) -> str:
+    for name, members in envs.TASK_SETS.items():
+        if list(members) == list(tasks):
+            return name
+    return "-".join(tasks) if len(tasks) < 3 else f"{len(tasks)}tasks"
+
+
+def _record_divergence(divergence: dict, loss: torch.Tensor, update: int) -> None:
+    first = (divergence["update"] == 0) & ~torch.isfinite(loss)
+    divergence["update"] = torch.where(first, update, divergence["update"])
+    divergence["loss"] = torch.where(first, loss.detach(), divergence["loss"])
+
+
+def _raise_if_diverged(divergence: dict, run_dir: pathlib.Path) -> None:
+    update = int(divergence["update"])  # host read: only when a log, evaluation or checkpoint is due
+    if update:
+        raise TrainingDiverged(
+            f"loss became {float(divergence['loss'])} at update {update}; the last good checkpoint in "
+            f"{run_dir / 'checkpoints'} is intact (lower the learning rate or check the observations)")
+
+
+def _due(cfg: TrainConfig, updates: int) -> bool:
+    return any(updates % interval == 0 for interval in (cfg.log_interval, cfg.eval_interval, cfg.checkpoint_interval))
 
 
 def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
@@ -203,7 +278,7 @@ def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
     return _from_dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
 
 
-def _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, world, checkpoint) -> None:
+def _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, world, checkpoint, progress) -> None:
     """Logs, evaluations and checkpoints on their update intervals (host reads happen only here)."""
     updates = counters["updates"]
     env_steps = counters["iteration"] * min(s.stop - s.start for s in world.slices)
@@ -215,18 +290,60 @@ def _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, wo
                 row[f"episode/return/{task}"] = mean
         returns["sum"].zero_()
         returns["count"].zero_()
+        for task in saturated_tasks(returns["recent"], returns["recent_count"]):  # the release's early switch
+            if world.time_limits[task] < 1000:
+                world.set_time_limit(max(cfg.episode_length, 1000), task)
+        row.update(progress.rates(counters["iteration"] * sum(s.stop - s.start for s in world.slices), updates))
         metrics.log(updates, env_steps, row)
+        progress.show(row, tasks)
     if updates % cfg.eval_interval == 0:
         scores = evaluate(learner.ema.copy, tasks, cfg, device, cfg.seed + updates)
         metrics.log(updates, env_steps, {f"eval/return/{t}": v for t, v in scores.items()})
+        progress.restart_clock()  # the evaluation's time is not training throughput
     if updates % cfg.checkpoint_interval == 0:
         checkpoint()
 
 
-def _progress(total: int, initial: int):
-    from tqdm.auto import tqdm
+class _Progress:
+    """The progress bar (tqdm over iterations = one env step of every world) with throughput and returns.
 
-    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc="env steps x worlds")
+    ``rates`` gives env steps/s (all worlds) and updates/s since the previous log row (wall clock, host
+    side: on CUDA the log's own reads have just synchronised).
+    """
+
+    def __init__(self, total: int, initial: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc="env steps x worlds")
+        self.last = None
+
+    def restart_clock(self) -> None:
+        self.last = None
+
+    def rates(self, env_steps: int, updates: int) -> dict:
+        now = time.perf_counter()
+        out = {}
+        if self.last is not None and now > self.last[0]:
+            seconds = now - self.last[0]
+            out = {"perf/env_steps_per_s": (env_steps - self.last[1]) / seconds,
+                   "perf/updates_per_s": (updates - self.last[2]) / seconds}
+        self.last = (now, env_steps, updates)
+        return out
+
+    def show(self, row: dict, tasks: list) -> None:
+        shown = {}
+        if "perf/env_steps_per_s" in row:
+            shown = {"steps/s": f"{row['perf/env_steps_per_s']:.0f}", "upd/s": f"{row['perf/updates_per_s']:.2f}"}
+        for task in tasks:
+            if f"episode/return/{task}" in row:
+                shown[task] = f"{row[f'episode/return/{task}']:.0f}"
+        self.bar.set_postfix(shown, refresh=False)
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _to_yaml(cfg: TrainConfig) -> str:
@@ -250,17 +367,48 @@ def _from_dict(values: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def main(argv: Optional[list] = None) -> None:
-    """Hydra entry point: ``python -m ezm_gpu.train key=value ...`` (configs/train.yaml)."""
+CONFIG_GROUPS = ("task_set", "preset", "search")  # configs/<group>/<option>.yaml
+
+
+def config_group_options(group: str) -> list[str]:
+    """The options of a config group (``configs/<group>/*.yaml``), sorted."""
+    from importlib import resources
+
+    return sorted(p.name[:-5] for p in resources.files("ezm_gpu.configs").joinpath(group).iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _check_group_choices(overrides: list) -> None:
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in CONFIG_GROUPS and value not in config_group_options(key):
+            raise ConfigError(f"invalid {key}={value!r}: one of {', '.join(config_group_options(key))} "
+                              f"(configs/{key}/*.yaml)")
+
+
+def compose_config(overrides: list) -> TrainConfig:
+    """``configs/train.yaml`` with its groups and ``key=value`` overrides, as a TrainConfig (not yet validated)."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
-    import sys
 
-    overrides = list(sys.argv[1:] if argv is None else argv)
+    _check_group_choices(overrides)
     with initialize_config_module(config_module="ezm_gpu.configs", version_base=None):
         composed = compose(config_name="train", overrides=overrides)
+    return _from_dict(OmegaConf.to_container(composed, resolve=True))
+
+
+def main(argv: Optional[list] = None) -> None:
+    """Hydra entry point: ``python -m ezm_gpu.train key=value group=option ...`` (configs/train.yaml)."""
+    import sys
+
+    from hydra.errors import HydraException
+
+    overrides = list(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = _from_dict(OmegaConf.to_container(composed, resolve=True))
+        cfg = compose_config(overrides)
+    except (ConfigError, HydraException) as error:  # e.g. a key that does not exist
+        raise SystemExit(f"ezm_gpu.train: {error}")
+    try:
         print(f"run directory: {run(cfg)}")
     except ConfigError as error:
         raise SystemExit(f"ezm_gpu.train: {error}")

@@ -63,3 +63,44 @@ def test_entropy_estimate_matches_the_gaussian_formula():
     expected = -2 * ((-0.5 * eps.square() - log_std).sum() - torch.log(torch.tensor(2 * torch.pi)))
     got = entropy_estimate(log_std, torch.Generator().manual_seed(5))
     torch.testing.assert_close(got, expected.reshape(1))
+
+
+def test_bfloat16_autocast_update_matches_float32():
+    """Mixed precision (the GPU setting) on CPU: same sample and targets, loss terms within bfloat16's
+    resolution of the float32 update, float32 parameters and gradients, and the reanalysis untouched."""
+    results = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        replay, learner = _filled_replay(), _learner(autocast_dtype=dtype)
+        terms = learner.update(replay, torch.Generator().manual_seed(5))
+        assert all(p.dtype == torch.float32 for p in learner.model.parameters())
+        results[name] = (terms, replay.priorities().clone())
+    (fp32, prio32), (bf16, prio16) = results["fp32"], results["bf16"]
+    for key in ("reward", "value", "consistency", "policy", "path_consistency", "total"):
+        assert torch.allclose(bf16[key], fp32[key], rtol=3e-2, atol=3e-2), (key, bf16[key], fp32[key])
+    assert not torch.equal(bf16["total"], fp32["total"])  # autocast really ran in bfloat16
+    assert torch.allclose(prio16, prio32, rtol=5e-2, atol=5e-2)
+
+
+def test_reanalysis_uses_the_configured_candidates(monkeypatch):
+    """The reanalysis searches draw their candidates like the acting search (num_root, root_wide, child_wide
+    from the run's search settings), not the release's 16 / 12 / 1 defaults."""
+    import ezm_gpu.learner as learner_module
+
+    seen = []
+    real = learner_module.reanalyze
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append((kwargs, out.best_actions))
+        return out
+
+    monkeypatch.setattr(learner_module, "reanalyze", recording)
+    replay = _filled_replay()
+    torch.manual_seed(0)
+    model = EZMModel(ModelConfig.cpu(obs_dim=OBS, action_dim=ACT, num_tasks=TASKS))
+    learner = Learner(model, LearnerConfig(total_updates=10), SearchConfig(num_simulations=2, num_top_actions=2),
+                      dict(num_root=2, root_wide=0, child_wide=0))
+    learner.update(replay, torch.Generator().manual_seed(1))
+    kwargs, best = seen[0]
+    assert kwargs == dict(num_root=2, root_wide=0, child_wide=0)
+    assert best.shape == (replay.config.batch_size, LearnerConfig().unroll_steps + 1, ACT)

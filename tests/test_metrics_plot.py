@@ -37,3 +37,24 @@ def test_plot_cli_errors(tmp_path):
     MetricsLogger(tmp_path, tensorboard=False).log(1, 1, {"loss": 1.0})
     with pytest.raises(ValueError, match="no evaluation columns"):
         plot_run(tmp_path)
+
+
+def test_results_table_compares_returns_with_success_bars():
+    from ezm_gpu.metrics import results_table
+
+    table = results_table({"h1-walk": 350.0, "h1-maze": 1500.0, "cartpole-swingup": 600.0}).splitlines()
+    assert table[1].split() == ["h1-walk", "350.0", "700", "0.50"]
+    assert table[2].split() == ["h1-maze", "1500.0", "1200", "1.25", "solved"]
+    assert table[3].split() == ["cartpole-swingup", "600.0", "600", "1.00", "solved"]
+    assert table[4].split() == ["mean", "0.92"]  # (0.5 + 1.25 + 1.0) / 3
+
+
+def test_success_bars_are_humanoidbench_s():
+    import pytest
+    from ezm_gpu.envs import TASK_SETS, success_bar
+
+    assert [success_bar(t) for t in TASK_SETS["medium"]] == [800, 700, 700, 700, 700, 700, 700, 700, 1200]
+    assert success_bar("h1hand-reach-v0") == 12000 and success_bar("h1hand-sit_hard") == 750
+    assert success_bar("h1-balance_simple") == 800 and success_bar("cartpole-balance") == 800
+    with pytest.raises(ValueError, match="no success bar for task 'h1-fly'"):
+        success_bar("h1-fly")

@@ -2,6 +2,7 @@
 stops on SIGTERM and on a NaN loss, and a saved run evaluates. (Learning itself is a benchmark.)"""
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +35,12 @@ def test_bad_config_fails_before_any_work(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ezm_gpu.train", "tasks=[h1-fly]", f"out={out}"],
                             capture_output=True, text=True)
     assert "unknown task ids ['h1-fly']" in result.stderr and not out.exists()
+    for override, message in (("preset=huge", "invalid preset='huge': one of cpu, hard, medium"),
+                              ("model.hiden=3", "Could not override 'model.hiden'")):
+        result = subprocess.run([sys.executable, "-m", "ezm_gpu.train", override, f"out={out}"],
+                                capture_output=True, text=True)
+        assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+        assert not out.exists()
 
 
 def test_smoke_run_learns_checkpoints_and_evaluates(tmp_path):
@@ -51,7 +58,7 @@ def test_smoke_run_learns_checkpoints_and_evaluates(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ezm_gpu.evaluate", str(run_dir), "--steps", "10"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "cartpole-balance" in result.stdout and "800.0" in result.stdout
+    assert re.search(r"cartpole-balance +[-0-9.]+ +800 ", result.stdout), result.stdout
 
 
 def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
