@@ -57,6 +57,7 @@ class TrainConfig:
     ema_tau: float = 0.01  # EMA rate of the acting/reanalysis copy (release)
     ema_interval: int = 5  # updates between EMA steps (release)
     td_steps: int = 5  # n of the n-step value targets (release: 5)
+    action_repeat: int = 1  # env steps per agent decision (release: 1; `steps` counts env steps)
     precision: str = "auto"  # gradient step: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     model: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields over the preset (configs/preset)
     search: SearchSettings = dataclasses.field(default_factory=SearchSettings)  # acting/reanalysis search
@@ -130,6 +131,7 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
         _fail("ema_tau", cfg.ema_tau, "a number in (0, 1]")
     _positive_int(cfg, "ema_interval")
     _positive_int(cfg, "td_steps")
+    _positive_int(cfg, "action_repeat")
     if isinstance(cfg.tasks, str):
         if cfg.tasks not in task_sets:
             _fail("tasks", cfg.tasks, "a task-set name (" + ", ".join(task_sets) + ") or a list of task ids")

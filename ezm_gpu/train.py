@@ -27,7 +27,7 @@ from .metrics import MetricsLogger, results_table
 from .model import EZMModel
 from .replay import ReplayBuffer, ReplayConfig
 
-__all__ = ["run", "evaluate", "main", "push_recent_returns", "saturated_tasks", "compose_config", "config_group_options", "CONFIG_GROUPS", "resolve_device", "build_model", "load_run_config", "TrainingDiverged", "KEEP_CHECKPOINTS"]
+__all__ = ["run", "evaluate", "step_repeated", "main", "push_recent_returns", "saturated_tasks", "compose_config", "config_group_options", "CONFIG_GROUPS", "resolve_device", "build_model", "load_run_config", "TrainingDiverged", "KEEP_CHECKPOINTS"]
 
 KEEP_CHECKPOINTS = 3  # newest checkpoints kept in run_dir/checkpoints
 
@@ -65,12 +65,39 @@ def evaluate(model: EZMModel, tasks: list, cfg: TrainConfig, device: torch.devic
     generator = torch.Generator(device).manual_seed(seed)
     returns = torch.zeros(len(tasks), device=device)
     running = torch.ones(len(tasks), dtype=torch.bool, device=device)
-    for _ in range(episode_length):
+    for _ in range(math.ceil(episode_length / cfg.action_repeat)):
         actions = act(model, obs, world.task_ids, _search(cfg.search), generator, **_search_kwargs(cfg.search)).actions
-        obs, reward, _, _, info = world.step(actions, validate=False)
+        obs, reward, _, info = step_repeated(world, actions, cfg.action_repeat)
         returns += reward * running
         running &= ~info["done"]
     return dict(zip(tasks, returns.tolist()))
+
+
+def step_repeated(world, actions: torch.Tensor, repeat: int) -> tuple:
+    """``repeat`` env steps with the same actions [W, A]: one agent decision (action repeat).
+
+    Returns (next_obs [W, obs], reward [W] summed over the steps until the world's episode ended,
+    terminated [W], info) with info["done"] [W] (the episode ended during the decision),
+    info["final_observation"] [W, obs] (of the first ended episode) and info["episode_return"] [W] (its
+    return). A world whose episode ends before the last repeat is auto-reset by the env and takes the
+    remaining repeats in its new episode (fixed shapes, no host read); with time limits that are multiples
+    of ``repeat`` and no terminations, episodes end exactly on decision boundaries. ``repeat=1`` is a plain
+    ``world.step``.
+    """
+    next_obs, reward, terminated, _, info = world.step(actions, validate=False)
+    if repeat == 1:
+        return next_obs, reward, terminated, info
+    total, done = reward.clone(), info["done"].clone()
+    final, episode_return = info["final_observation"].clone(), info["episode_return"].clone()
+    for _ in range(repeat - 1):
+        next_obs, reward, step_terminated, _, info = world.step(actions, validate=False)
+        first = info["done"] & ~done  # this step ended an episode that had not ended yet in this decision
+        total += reward * ~done
+        terminated = terminated | (step_terminated & ~done)
+        final = torch.where(first[:, None], info["final_observation"], final)
+        episode_return = torch.where(first, info["episode_return"], episode_return)
+        done |= info["done"]
+    return next_obs, total, terminated, {"done": done, "final_observation": final, "episode_return": episode_return}
 
 
 def run(cfg: TrainConfig) -> pathlib.Path:
@@ -94,7 +121,7 @@ def run(cfg: TrainConfig) -> pathlib.Path:
                           ignore_termination=cfg.ignore_termination)
     per_task_worlds = [s.stop - s.start for s in world.slices]
     model = build_model(cfg, world, device)
-    iterations = math.ceil(cfg.steps / min(per_task_worlds))
+    iterations = math.ceil(cfg.steps / (min(per_task_worlds) * cfg.action_repeat))  # agent decisions
     updates_per_iteration = cfg.envs * cfg.replay_ratio / cfg.batch_size
     learner = Learner(model, LearnerConfig(lr=cfg.lr, discount=cfg.search.discount, ema_tau=cfg.ema_tau,
                                            ema_interval=cfg.ema_interval, td_steps=cfg.td_steps,
@@ -144,16 +171,16 @@ def run(cfg: TrainConfig) -> pathlib.Path:
                "recent": torch.zeros(num_tasks, SATURATION_WINDOW, device=device),  # last finished returns
                "recent_count": torch.zeros(num_tasks, dtype=torch.long, device=device)}
     if resume_from is not None:
-        returns = resumed_returns
+        returns.update(resumed_returns)  # (runs checkpointed before the saturation rings start them fresh)
     progress = _Progress(iterations, counters["iteration"])
-    progress.rates(counters["iteration"] * cfg.envs, counters["updates"])  # starts the throughput clock
+    progress.rates(counters["iteration"] * cfg.envs * cfg.action_repeat, counters["updates"])  # starts the clock
     try:
         while counters["iteration"] < iterations and stop["signal"] is None:
-            collected = counters["iteration"] * min(per_task_worlds)
+            collected = counters["iteration"] * min(per_task_worlds)  # transitions per task
             acting_random = collected < cfg.start_transitions  # same count for every task: host-known
             out = act(learner.ema.copy, obs, world.task_ids, _search(cfg.search), generator,
                       random=acting_random, **_search_kwargs(cfg.search))
-            next_obs, reward, terminated, _, info = world.step(out.actions, validate=False)
+            next_obs, reward, terminated, info = step_repeated(world, out.actions, cfg.action_repeat)
             replay.add(world.task_ids, obs, out.actions, reward, info["done"], info["final_observation"],
                        terminated, validate=False)
             done = info["done"].float()
@@ -188,7 +215,7 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     if stop["signal"] is None:
         scores = evaluate(learner.ema.copy, tasks, cfg, device, cfg.seed + 1)
         metrics = MetricsLogger(run_dir, tensorboard=False)
-        metrics.log(counters["updates"], counters["iteration"] * min(per_task_worlds),
+        metrics.log(counters["updates"], counters["iteration"] * min(per_task_worlds) * cfg.action_repeat,
                     {f"eval/return/{t}": v for t, v in scores.items()})
         print(results_table(scores))
     return run_dir
@@ -281,7 +308,7 @@ def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
 def _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, world, checkpoint, progress) -> None:
     """Logs, evaluations and checkpoints on their update intervals (host reads happen only here)."""
     updates = counters["updates"]
-    env_steps = counters["iteration"] * min(s.stop - s.start for s in world.slices)
+    env_steps = counters["iteration"] * min(s.stop - s.start for s in world.slices) * cfg.action_repeat
     if updates % cfg.log_interval == 0:
         row = {f"train/{k}": float(v) for k, v in terms.items()}
         finished = returns["count"].clamp(min=1)
@@ -293,7 +320,7 @@ def _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, wo
         for task in saturated_tasks(returns["recent"], returns["recent_count"]):  # the release's early switch
             if world.time_limits[task] < 1000:
                 world.set_time_limit(max(cfg.episode_length, 1000), task)
-        row.update(progress.rates(counters["iteration"] * sum(s.stop - s.start for s in world.slices), updates))
+        row.update(progress.rates(counters["iteration"] * cfg.envs * cfg.action_repeat, updates))
         metrics.log(updates, env_steps, row)
         progress.show(row, tasks)
     if updates % cfg.eval_interval == 0:

@@ -45,3 +45,30 @@ def test_set_time_limit_per_task():
     assert world.time_limits == [700, 700]
     with pytest.raises(ValueError, match=r"task index must lie in \[0, 2\), got 2"):
         world.set_time_limit(10, task=2)
+
+
+def test_action_repeat_sums_rewards_until_the_episode_ends():
+    """step_repeated against plain steps on an identical world: rewards summed within the decision, the
+    first ended episode's final observation and return, and no reward from the next episode."""
+    from ezm_gpu import envs
+    from ezm_gpu.train import step_repeated
+
+    repeated = envs.make_set("cartpole", 2, device="cpu", seed=3, time_limit=4)
+    plain = envs.make_set("cartpole", 2, device="cpu", seed=3, time_limit=4)
+    repeated.reset(), plain.reset()
+    actions = torch.tensor([[0.3], [-0.7]])
+    rewards, finals, returns = [], [], []
+    for _ in range(6):
+        obs, reward, _, _, info = plain.step(actions, validate=False)
+        rewards.append(reward)
+        finals.append(info["final_observation"])
+        returns.append(info["episode_return"])
+    obs1, total1, _, info1 = step_repeated(repeated, actions, 3)  # steps 1-3
+    assert torch.allclose(total1, rewards[0] + rewards[1] + rewards[2]) and not info1["done"].any()
+    obs2, total2, _, info2 = step_repeated(repeated, actions, 3)  # steps 4 (episode ends), 5-6 (next episode)
+    assert info2["done"].all()
+    assert torch.allclose(total2, rewards[3])  # nothing from the new episode
+    assert torch.equal(info2["final_observation"], finals[3])
+    assert torch.allclose(info2["episode_return"], returns[3])
+    assert torch.allclose(info2["episode_return"], total1 + total2)
+    assert torch.equal(obs2, obs)  # the new episode went on for the remaining repeats

@@ -30,6 +30,8 @@ def test_defaults_resolve_the_medium_set():
     (dict(lr=float("nan")), r"invalid lr=nan: a finite number > 0"),
     (dict(ema_tau=0.0), r"invalid ema_tau=0.0: a number in \(0, 1\]"),
     (dict(ema_interval=0), r"invalid ema_interval=0: an integer >= 1"),
+    (dict(td_steps=0), r"invalid td_steps=0: an integer >= 1"),
+    (dict(action_repeat=0), r"invalid action_repeat=0: an integer >= 1"),
     (dict(model={"hidden": 0}), r"invalid model \(preset .medium. \+ model.\*\): ModelConfig.hidden must be an integer >= 1"),
     (dict(model={"widht": 3}), r"unknown keys \[.model.widht.\]; known: "),
     (dict(model=[1]), r"invalid model=\[1\]: a mapping"),
