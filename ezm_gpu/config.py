@@ -53,6 +53,8 @@ class TrainConfig:
     eval_steps: int = 1000  # length of the evaluation episode (one per task)
     checkpoint_interval: int = 1000  # updates between checkpoints
     log_interval: int = 100  # updates between log lines
+    checkpoint_replay: bool = True  # checkpoints hold the replay (exact resume); false: smaller files, and a
+    # resumed run refills an empty replay
     lr: float = 1e-4  # Adam learning rate (x0.1 after 90% of the updates)
     ema_tau: float = 0.01  # EMA rate of the acting/reanalysis copy (release)
     ema_interval: int = 5  # updates between EMA steps (release)

@@ -141,7 +141,8 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     if resume_from is not None:
         state = load_checkpoint(resume_from, map_location=device)
         learner.load_state_dict(state["learner"])
-        replay.load_state_dict(state["replay"])
+        if "replay" in state:  # absent when the run checkpoints without it (checkpoint_replay=false)
+            replay.load_state_dict(state["replay"])
         world.load_state_dict(state["envs"])
         restore_rng_state(state["rng"], [generator])
         counters = state["counters"]
@@ -154,10 +155,11 @@ def run(cfg: TrainConfig) -> pathlib.Path:
 
     def checkpoint() -> None:
         folder = run_dir / "checkpoints"
-        save_checkpoint(checkpoint_path(folder, counters["updates"]), {
-            "learner": learner.state_dict(), "replay": replay.state_dict(), "envs": world.state_dict(),
-            "rng": capture_rng_state([generator]), "counters": dict(counters), "obs": obs,
-            "returns": {k: v.clone() for k, v in returns.items()}})
+        state = {"learner": learner.state_dict(), "envs": world.state_dict(), "rng": capture_rng_state([generator]),
+                 "counters": dict(counters), "obs": obs, "returns": {k: v.clone() for k, v in returns.items()}}
+        if cfg.checkpoint_replay:
+            state["replay"] = replay.state_dict()
+        save_checkpoint(checkpoint_path(folder, counters["updates"]), state)
         for old in sorted(folder.glob("checkpoint_*.pt"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
 
@@ -335,21 +337,23 @@ class _Progress:
     """The progress bar (tqdm over iterations = one env step of every world) with throughput and returns.
 
     ``rates`` gives env steps/s (all worlds) and updates/s since the previous log row (wall clock, host
-    side: on CUDA the log's own reads have just synchronised).
+    side: on CUDA the log's own reads have just synchronised) and the wall time since training started
+    in this process.
     """
 
     def __init__(self, total: int, initial: int):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc="env steps x worlds")
+        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc="decisions x worlds")
         self.last = None
+        self.start = time.perf_counter()
 
     def restart_clock(self) -> None:
         self.last = None
 
     def rates(self, env_steps: int, updates: int) -> dict:
         now = time.perf_counter()
-        out = {}
+        out = {"time/process_s": now - self.start}  # wall time since this process started training
         if self.last is not None and now > self.last[0]:
             seconds = now - self.last[0]
             out = {"perf/env_steps_per_s": (env_steps - self.last[1]) / seconds,

@@ -82,6 +82,27 @@ def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path, m
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_checkpoints_without_replay_resume_with_an_empty_replay(tmp_path, monkeypatch):
+    periodic = train._periodic
+
+    def interrupt_at_update_12(cfg, counters, *args):
+        periodic(cfg, counters, *args)
+        if counters["updates"] == 12:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train, "_periodic", interrupt_at_update_12)
+    cfg = TrainConfig(out=str(tmp_path / "lean"), checkpoint_replay=False, **SMALL)
+    run_dir = train.run(cfg)
+    stopped = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    assert "replay" not in stopped and {"learner", "envs", "rng", "counters"} <= set(stopped)
+    monkeypatch.setattr(train, "_periodic", periodic)
+    train.run(dataclasses.replace(cfg, resume=str(run_dir)))
+    final = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    assert final["counters"]["iteration"] == 30 and final["counters"]["updates"] > stopped["counters"]["updates"]
+    rows = _train_rows(run_dir)
+    assert rows[-1]["step"] > 12 and all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in rows)
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     update = train.Learner.update
 
