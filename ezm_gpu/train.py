@@ -65,8 +65,9 @@ def evaluate(model: EZMModel, tasks: list, cfg: TrainConfig, device: torch.devic
     generator = torch.Generator(device).manual_seed(seed)
     returns = torch.zeros(len(tasks), device=device)
     running = torch.ones(len(tasks), dtype=torch.bool, device=device)
+    search, search_kwargs = _search(cfg.search), _search_kwargs(cfg.search)
     for _ in range(math.ceil(episode_length / cfg.action_repeat)):
-        actions = act(model, obs, world.task_ids, _search(cfg.search), generator, **_search_kwargs(cfg.search)).actions
+        actions = act(model, obs, world.task_ids, search, generator, **search_kwargs).actions
         obs, reward, _, info = step_repeated(world, actions, cfg.action_repeat)
         returns += reward * running
         running &= ~info["done"]
@@ -123,11 +124,12 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     model = build_model(cfg, world, device)
     iterations = math.ceil(cfg.steps / (min(per_task_worlds) * cfg.action_repeat))  # agent decisions
     updates_per_iteration = cfg.envs * cfg.replay_ratio / cfg.batch_size
+    search, search_kwargs = _search(cfg.search), _search_kwargs(cfg.search)
     learner = Learner(model, LearnerConfig(lr=cfg.lr, discount=cfg.search.discount, ema_tau=cfg.ema_tau,
                                            ema_interval=cfg.ema_interval, td_steps=cfg.td_steps,
                                            autocast_dtype=_autocast_dtype(cfg.precision, device),
                                            total_updates=max(1, int(iterations * updates_per_iteration))),
-                      _search(cfg.search), _search_kwargs(cfg.search))
+                      search, search_kwargs)
     replay = ReplayBuffer(ReplayConfig(num_tasks=num_tasks, capacity=cfg.replay_capacity, obs_dim=world.obs_dim,
                                        action_dim=world.action_dim, num_worlds=cfg.envs, td_steps=cfg.td_steps,
                                        batch_size=cfg.batch_size // num_tasks * num_tasks), device=device)
@@ -180,8 +182,8 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         while counters["iteration"] < iterations and stop["signal"] is None:
             collected = counters["iteration"] * min(per_task_worlds)  # transitions per task
             acting_random = collected < cfg.start_transitions  # same count for every task: host-known
-            out = act(learner.ema.copy, obs, world.task_ids, _search(cfg.search), generator,
-                      random=acting_random, **_search_kwargs(cfg.search))
+            out = act(learner.ema.copy, obs, world.task_ids, search, generator, random=acting_random,
+                      **search_kwargs)
             next_obs, reward, terminated, info = step_repeated(world, out.actions, cfg.action_repeat)
             replay.add(world.task_ids, obs, out.actions, reward, info["done"], info["final_observation"],
                        terminated, validate=False)
@@ -217,7 +219,7 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     if stop["signal"] is None:
         scores = evaluate(learner.ema.copy, tasks, cfg, device, cfg.seed + 1)
         metrics = MetricsLogger(run_dir, tensorboard=False)
-        metrics.log(counters["updates"], counters["iteration"] * min(per_task_worlds) * cfg.action_repeat,
+        metrics.log(counters["updates"], _env_steps_per_task(cfg, counters, world),
                     {f"eval/return/{t}": v for t, v in scores.items()})
         print(results_table(scores))
     return run_dir
@@ -293,6 +295,11 @@ def _raise_if_diverged(divergence: dict, run_dir: pathlib.Path) -> None:
             f"{run_dir / 'checkpoints'} is intact (lower the learning rate or check the observations)")
 
 
+def _env_steps_per_task(cfg: TrainConfig, counters: dict, world) -> int:
+    """Env steps each task has taken: decisions x its worlds (the smallest task's share) x action repeat."""
+    return counters["iteration"] * min(s.stop - s.start for s in world.slices) * cfg.action_repeat
+
+
 def _due(cfg: TrainConfig, updates: int) -> bool:
     return any(updates % interval == 0 for interval in (cfg.log_interval, cfg.eval_interval, cfg.checkpoint_interval))
 
@@ -310,7 +317,7 @@ def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
 def _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, world, checkpoint, progress) -> None:
     """Logs, evaluations and checkpoints on their update intervals (host reads happen only here)."""
     updates = counters["updates"]
-    env_steps = counters["iteration"] * min(s.stop - s.start for s in world.slices) * cfg.action_repeat
+    env_steps = _env_steps_per_task(cfg, counters, world)
     if updates % cfg.log_interval == 0:
         row = {f"train/{k}": float(v) for k, v in terms.items()}
         finished = returns["count"].clamp(min=1)
@@ -356,8 +363,8 @@ class _Progress:
         out = {"time/process_s": now - self.start}  # wall time since this process started training
         if self.last is not None and now > self.last[0]:
             seconds = now - self.last[0]
-            out = {"perf/env_steps_per_s": (env_steps - self.last[1]) / seconds,
-                   "perf/updates_per_s": (updates - self.last[2]) / seconds}
+            out.update({"perf/env_steps_per_s": (env_steps - self.last[1]) / seconds,
+                        "perf/updates_per_s": (updates - self.last[2]) / seconds})
         self.last = (now, env_steps, updates)
         return out
 
