@@ -50,7 +50,8 @@ class TrainConfig:
     ignore_termination: bool = True  # EZ-M's protocol; False: HumanoidBench's
     episode_length: int = 500  # training episode length; 1000 once past 40% or saturated (curriculum)
     eval_interval: int = 5000  # updates between evaluations
-    eval_steps: int = 1000  # length of the evaluation episode (one per task)
+    eval_steps: int = 1000  # length of an evaluation episode
+    eval_episodes: int = 1  # evaluation episodes per task, run side by side; the score is their mean (release: 1)
     checkpoint_interval: int = 1000  # updates between checkpoints
     log_interval: int = 100  # updates between log lines
     checkpoint_replay: bool = True  # checkpoints hold the replay (exact resume); false: smaller files, and a
@@ -117,7 +118,7 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
         task_sets = TASK_SETS if task_sets is None else task_sets
         known_tasks = set(valid_task_ids()) if known_tasks is None else known_tasks
     for key in ("envs", "steps", "batch_size", "start_transitions", "replay_capacity", "episode_length",
-                "eval_interval", "eval_steps", "checkpoint_interval", "log_interval"):
+                "eval_interval", "eval_steps", "eval_episodes", "checkpoint_interval", "log_interval"):
         _positive_int(cfg, key)
     _positive_int(cfg, "seed", minimum=0)
     if cfg.device not in DEVICES:

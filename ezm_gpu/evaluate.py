@@ -18,6 +18,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m ezm_gpu.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=pathlib.Path, help="a run directory written by ezm_gpu.train")
     parser.add_argument("--steps", type=int, default=None, help="evaluation episode length (default: the run's)")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes per task (default: the run's)")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
     args = parser.parse_args(argv)
     try:
@@ -26,6 +27,10 @@ def main(argv=None) -> dict:
             if args.steps < 1:
                 raise ConfigError(f"invalid --steps={args.steps}: an integer >= 1")
             cfg = dataclasses.replace(cfg, eval_steps=args.steps)
+        if args.episodes is not None:
+            if args.episodes < 1:
+                raise ConfigError(f"invalid --episodes={args.episodes}: an integer >= 1")
+            cfg = dataclasses.replace(cfg, eval_episodes=args.episodes)
         path = latest_checkpoint(args.run_dir / "checkpoints")
         if path is None:
             raise ConfigError(f"{args.run_dir / 'checkpoints'} holds no checkpoint yet")

@@ -56,22 +56,23 @@ def _search_kwargs(settings: SearchSettings) -> dict:
 
 @torch.no_grad()
 def evaluate(model: EZMModel, tasks: list, cfg: TrainConfig, device: torch.device, seed: int) -> dict:
-    """One ``cfg.eval_steps``-step episode per task with search (sampling noise kept, as released);
-    returns task -> undiscounted return (until the episode ends)."""
-    episode_length = cfg.eval_steps
-    world = envs.make_set(tasks, len(tasks), device=str(device), seed=seed, time_limit=episode_length,
-                          ignore_termination=False)
+    """``cfg.eval_episodes`` episodes of ``cfg.eval_steps`` steps per task, side by side, with search
+    (sampling noise kept, as released); returns task -> mean undiscounted return (until each episode ends)."""
+    episode_length, episodes = cfg.eval_steps, cfg.eval_episodes
+    # make_set gives each task a contiguous block of worlds: task t owns worlds [t*episodes, (t+1)*episodes)
+    world = envs.make_set(tasks, len(tasks) * episodes, device=str(device), seed=seed,
+                          time_limit=episode_length, ignore_termination=False)
     obs = world.reset()
     generator = torch.Generator(device).manual_seed(seed)
-    returns = torch.zeros(len(tasks), device=device)
-    running = torch.ones(len(tasks), dtype=torch.bool, device=device)
+    returns = torch.zeros(world.num_envs, device=device)
+    running = torch.ones(world.num_envs, dtype=torch.bool, device=device)
     search, search_kwargs = _search(cfg.search), _search_kwargs(cfg.search)
     for _ in range(math.ceil(episode_length / cfg.action_repeat)):
         actions = act(model, obs, world.task_ids, search, generator, **search_kwargs).actions
         obs, reward, _, info = step_repeated(world, actions, cfg.action_repeat)
         returns += reward * running
         running &= ~info["done"]
-    return dict(zip(tasks, returns.tolist()))
+    return dict(zip(tasks, returns.view(len(tasks), episodes).mean(1).tolist()))
 
 
 def step_repeated(world, actions: torch.Tensor, repeat: int) -> tuple:

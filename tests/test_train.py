@@ -61,6 +61,32 @@ def test_smoke_run_learns_checkpoints_and_evaluates(tmp_path):
     assert re.search(r"cartpole-balance +[-0-9.]+ +800 ", result.stdout), result.stdout
 
 
+def test_evaluate_averages_side_by_side_episodes_per_task(monkeypatch):
+    """eval_episodes worlds per task, the score is the mean of each task's own block of worlds: compared
+    with a plain rollout of the same worlds under a fixed action (balance and swingup score far apart)."""
+    from ezm_gpu import envs
+
+    episodes, steps, seed = 3, 30, 7
+    fixed = lambda model, obs, task_ids, *args, **kwargs: type("Out", (), {"actions": torch.full(
+        (obs.shape[0], 1), 0.5)})()
+    monkeypatch.setattr(train, "act", fixed)
+    tasks = ["cartpole-balance", "cartpole-swingup"]
+    cfg = TrainConfig(**{**SMALL, "eval_steps": steps, "eval_episodes": episodes})
+    scores = train.evaluate(None, tasks, cfg, torch.device("cpu"), seed)
+
+    world = envs.make_set(tasks, len(tasks) * episodes, device="cpu", seed=seed, time_limit=steps,
+                          ignore_termination=False)
+    world.reset()
+    returns = torch.zeros(world.num_envs)
+    for _ in range(steps):
+        returns += world.step(torch.full((world.num_envs, 1), 0.5))[1]
+    for t, task in enumerate(tasks):
+        block = returns[world.task_ids == t]
+        assert block.numel() == episodes and len(set(block.tolist())) == episodes  # distinct episodes
+        assert scores[task] == pytest.approx(block.mean().item(), rel=1e-6)
+    assert abs(scores["cartpole-balance"] - scores["cartpole-swingup"]) > 1.0
+
+
 def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     whole = train.run(TrainConfig(out=str(tmp_path / "whole"), **SMALL))
     periodic = train._periodic
