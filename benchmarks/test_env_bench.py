@@ -46,14 +46,19 @@ def _bench(benchmark, task, worlds, device, rounds):
     env.check()
 
 
-@pytest.mark.parametrize("worlds", [64, 1024])
-@pytest.mark.parametrize("task", ["h1-walk", "h1-hurdle"])
+# (task, worlds) on the CPU: h1 (nv 25, dense Jacobian) at 64 and 1024 worlds; h1hand (nv 75-87, sparse
+# Jacobian; ~4x the work per world) at 64. On CUDA every task at 1024, 4096 and 8192 worlds.
+TASKS = ["h1-walk", "h1-hurdle", "h1hand-walk", "h1hand-balance_hard"]
+CPU_CASES = [(task, worlds) for task in TASKS for worlds in ([64] if task.startswith("h1hand") else [64, 1024])]
+
+
+@pytest.mark.parametrize("task, worlds", CPU_CASES)
 def test_env_step_cpu(benchmark, task, worlds):
     _bench(benchmark, task, worlds, "cpu", rounds=5 if worlds <= 64 else 2)
 
 
 @pytest.mark.parametrize("worlds", [1024, 4096, 8192])
-@pytest.mark.parametrize("task", ["h1-walk", "h1-hurdle"])
+@pytest.mark.parametrize("task", TASKS)
 def test_env_step_cuda(benchmark, task, worlds):
     _bench(benchmark, task, worlds, cuda_or_skip(), rounds=20)
 

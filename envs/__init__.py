@@ -1,8 +1,8 @@
 """Batched HumanoidBench tasks (and dm_control's cartpole) on MuJoCo-Warp (`ezm_gpu.envs`).
 
   - ``make(task, num_envs, device, seed, ...)``: one task, many worlds (``HumanoidBenchEnv`` for
-    "h1-*", ``CartpoleEnv`` for "cartpole-balance" / "cartpole-swingup"; both ``BatchedEnv``).
-  - ``make_set("medium" | [task ids], num_envs, ...)``: several tasks as one batch (``TaskSet``).
+    "h1-*" and "h1hand-*", ``CartpoleEnv`` for "cartpole-balance" / "cartpole-swingup"; both ``BatchedEnv``).
+  - ``make_set("medium" | "hard" | [task ids], num_envs, ...)``: several tasks as one batch (``TaskSet``).
   - ``resolve_root``: where HumanoidBench's MJCF assets are (argument, $EZM_HUMANOIDBENCH_ROOT, an
     installed humanoid_bench, the user cache, or the pinned download).
   - ``rewards``: the tasks' rewards and terminations as pure batched torch functions.
@@ -12,9 +12,9 @@ Depends on mujoco, mujoco-warp, warp and torch (tensors only); never imports ezm
 from . import rewards
 from .assets import AssetsNotFoundError, resolve_root
 from .cartpole import CartpoleEnv
-from .env import BatchedEnv, CapacityOverflowError, HumanoidBenchEnv, make
+from .env import BatchedEnv, CapacityOverflowError, HumanoidBenchEnv, capacity_for, make
 from .multitask import SUCCESS_BARS, TASK_SETS, TaskSet, make_set, success_bar
-from .scene import CARTPOLE_TASKS, MEDIUM_TASKS, Capacity, parse_task_id
+from .scene import CARTPOLE_TASKS, HARD_TASKS, HUMANOIDBENCH_ROBOTS, MEDIUM_TASKS, Capacity, parse_task_id
 
 __all__ = [
     "make",
@@ -27,8 +27,11 @@ __all__ = [
     "SUCCESS_BARS",
     "success_bar",
     "MEDIUM_TASKS",
+    "HARD_TASKS",
     "CARTPOLE_TASKS",
+    "HUMANOIDBENCH_ROBOTS",
     "Capacity",
+    "capacity_for",
     "CapacityOverflowError",
     "AssetsNotFoundError",
     "resolve_root",

@@ -3,13 +3,33 @@
 ``BatchedEnv`` holds the task-independent machinery (Warp arrays viewed as torch tensors, physics
 substeps with CUDA-graph replay, action checks, auto-reset by mask, episode statistics, diverged
 worlds, capacity overflow); a task subclass supplies the model, the reset distribution, the
-observation and the reward. ``HumanoidBenchEnv`` is the HumanoidBench one; ``cartpole.CartpoleEnv``
-is dm_control's cartpole on our own MJCF.
+observation and the reward. ``HumanoidBenchEnv`` is the HumanoidBench one (robots h1 and h1hand; the
+task-specific resets and observations are ``TASK_HOOKS``); ``cartpole.CartpoleEnv`` is dm_control's
+cartpole on our own MJCF.
+
+h1hand (H1 + two Shadow hands, 61 actuators; nv 75, 81 for sit_hard / balance_simple, 87 for
+balance_hard) is beyond the 60 DoF MuJoCo-Warp's dense path supports. Measured on the CPU (MuJoCo-Warp
+4.0.0, Warp 1.19.0; parity = one env step from the 400 recorded states of h1hand-walk and
+h1hand-balance_hard; steps/s = 64 worlds, random actions, on a loaded 2-core VM, so only ratios count):
+  - Jacobian: the XML leaves ``jacobian`` at auto, and MuJoCo-Warp picks sparse for nv > 32 (h1: nv 25,
+    dense; h1-balance_hard, nv 37, sparse). Dense is refused for nv > 60 ("Dense is unsupported for
+    nv > 60"), so h1hand runs sparse; there is nothing to choose.
+  - Solver iterations: the XML's Newton solver, 100 iterations, 50 line-search iterations, kept for
+    parity. The solver converges in 4.6 iterations on average (p99 9, max 13; balance_hard 4.9 / 9 /
+    12), and its loop stops once every world has converged (``wp.capture_while``: a graph conditional
+    on CUDA, a host-checked loop on the CPU), so the cap of 100 costs nothing: 20 iterations give
+    bit-identical results and the same speed; 5 cuts the slower solves short (uncapped p99: 9) and
+    moves the state |diff| median from 0.145 to 0.150. Turning ``opt.graph_conditional`` off runs all 100 iterations (converged
+    worlds idle): 2.8x (walk) to 5x (balance_hard) fewer steps/s, same results.
+  - ``ls_parallel``: removed in MuJoCo-Warp 3.9.1 (put_model refuses it); the line search is iterative.
+  - Capacity: ``CAPACITIES`` below (measured contacts / constraint rows, 2-3x headroom).
+So the XML's options stay as they are. Parity per task: ``tests/test_envs_step.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import mujoco
 import torch
@@ -17,8 +37,9 @@ import torch
 from . import rewards
 from .scene import HUMANOIDBENCH_ROBOTS, Capacity, TaskId, load_mj_model, parse_task_id, put_warp
 
-__all__ = ["BatchedEnv", "HumanoidBenchEnv", "make", "Capacity", "CapacityOverflowError", "DEFAULT_CAPACITY", "FRAME_SKIP", "RESET_NOISE",
-           "TIME_LIMIT", "hashed_uniform"]
+__all__ = ["BatchedEnv", "HumanoidBenchEnv", "make", "Capacity", "CapacityOverflowError", "DEFAULT_CAPACITY",
+           "CAPACITIES", "capacity_for", "FRAME_SKIP", "RESET_NOISE", "RNG_LANES", "TIME_LIMIT", "TASK_HOOKS",
+           "TaskHooks", "hashed_uniform", "yaw_quaternion"]
 
 FRAME_SKIP = 10  # physics steps per env step: 0.002 s x 10 = 50 Hz, HumanoidBench's frame_skip
 RESET_NOISE = 0.01  # reset adds U(-0.01, 0.01) to every qpos entry (HumanoidBench's reset_noise_scale)
@@ -26,6 +47,23 @@ TIME_LIMIT = 1000  # HumanoidBench's max_episode_steps
 EXPLODED_QVEL = 1e4  # a world whose |qvel| exceeds this (or is not finite) has diverged: reset it
 # The recordings peak at 15 contacts per world (h1, falls included); 3x that, 4 pyramidal rows each.
 DEFAULT_CAPACITY = Capacity(contacts=48, constraints=256)
+# Contact and constraint-row capacity per world, by robot. h1hand, measured on MuJoCo-Warp (CPU) over one
+# env step (all 10 substeps) from each of the 400 recorded states of every h1hand recording (falls and
+# random actions included): at most 87 contacts and 396 constraint rows in a world (slide; the other
+# tasks 35-77 contacts, 196-356 rows; p99 over worlds 25-51 contacts, 153-253 rows; the recordings'
+# own aux_ncon peaks at 67). Capacity 2.2x / 2.6x that: ~0.45 MB of MuJoCo-Warp data per world
+# (3.7 GB at 8192 worlds) against 0.17 MB at h1's 48/256; no measurable steps/s difference on the CPU
+# between 512 and 1024 rows (within the machine's noise).
+CAPACITIES = {"h1": DEFAULT_CAPACITY, "h1hand": Capacity(contacts=192, constraints=1024)}
+# Lane ranges of ``hashed_uniform``, one per draw of a reset, so the draws are independent streams.
+RNG_LANES = {"qpos_noise": 0, "sit_hard_pose": 1 << 20, "reach_goal": 2 << 20}
+
+
+def capacity_for(robot: str) -> Capacity:
+    """The default contact/constraint capacity of a robot's scenes ("h1", "h1hand"); see CAPACITIES."""
+    if robot not in CAPACITIES:
+        raise ValueError(f"no capacity for robot {robot!r}; known: {', '.join(CAPACITIES)}")
+    return CAPACITIES[robot]
 
 
 class CapacityOverflowError(RuntimeError):
@@ -40,13 +78,15 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def hashed_uniform(seed: int, world: torch.Tensor, counter: torch.Tensor, width: int, low: float,
-                   high: float) -> torch.Tensor:
+                   high: float, lane_offset: int = 0) -> torch.Tensor:
     """Per-world reproducible uniforms: [W, width] float32 in [low, high).
 
     A counter-based generator: the draw of world w at its n-th reset depends only on (seed, w, n),
     not on which other worlds reset, the device, or the order of calls; no generator state to sync.
+    Column j hashes lane ``lane_offset + j``: draws over disjoint lane ranges (``RNG_LANES``) are
+    independent streams for the same (seed, w, n).
     """
-    lane = torch.arange(width, device=world.device, dtype=torch.int64)
+    lane = torch.arange(lane_offset, lane_offset + width, device=world.device, dtype=torch.int64)
     x = _mix32((seed * 0x9E3779B1 + world.long()) & 0xFFFFFFFF)
     x = _mix32((x + counter.long() * 0x85EBCA6B) & 0xFFFFFFFF)
     x = _mix32((x[:, None] + lane * 0xC2B2AE35 + 1) & 0xFFFFFFFF)
@@ -56,27 +96,30 @@ def hashed_uniform(seed: int, world: torch.Tensor, counter: torch.Tensor, width:
 
 @dataclasses.dataclass(frozen=True)
 class _Readout:
-    """Ids of the model objects the rewards read."""
+    """Ids of the model objects the rewards read (-1: the scene has no such object)."""
 
     head: int
     left_foot: int
     right_foot: int
     imu: int
+    left_hand: int  # site (reach's hand position; every h1/h1hand scene has it)
     torso: int
     pelvis: int
+    chair: int  # body (sit_simple, sit_hard), else -1
     com_velocity: int  # sensordata address of pelvis_subtreelinvel
 
     @classmethod
     def of(cls, m: mujoco.MjModel) -> "_Readout":
-        def find(kind, name):
+        def find(kind, name, required=True):
             index = mujoco.mj_name2id(m, kind, name)
-            if index < 0:
+            if index < 0 and required:
                 raise ValueError(f"the scene has no {kind.name[6:].lower()} named {name!r}")
             return index
 
         site, body, sensor = mujoco.mjtObj.mjOBJ_SITE, mujoco.mjtObj.mjOBJ_BODY, mujoco.mjtObj.mjOBJ_SENSOR
         return cls(head=find(site, "head"), left_foot=find(site, "left_foot"), right_foot=find(site, "right_foot"),
-                   imu=find(site, "imu"), torso=find(body, "torso_link"), pelvis=find(body, "pelvis"),
+                   imu=find(site, "imu"), left_hand=find(site, "left_hand"), torso=find(body, "torso_link"),
+                   pelvis=find(body, "pelvis"), chair=find(body, "chair", required=False),
                    com_velocity=int(m.sensor_adr[find(sensor, "pelvis_subtreelinvel")]))
 
 
@@ -163,7 +206,9 @@ class BatchedEnv:
         raise NotImplementedError
 
     def _reset_task_state(self, mask: torch.Tensor) -> None:
-        """Resets the task state of the worlds where mask [W] is True (nothing by default)."""
+        """Resets the task state of the worlds where mask [W] is True (nothing by default). Runs after
+        the new qpos/qvel are written and before the reset counter advances, so its draws
+        (``hashed_uniform`` on its own ``RNG_LANES``) belong to the same reset as ``_initial_state``'s."""
 
     # ---------------------------------------------------------------------------------------------
     def reset(self) -> torch.Tensor:
@@ -212,10 +257,10 @@ class BatchedEnv:
         self._warmstart.masked_fill_(column, 0.0)
         self._ctrl.masked_fill_(column, 0.0)
         self._time.masked_fill_(mask, 0.0)
-        self._resets += mask
         self.episode_return.masked_fill_(mask, 0.0)
         self.episode_length.masked_fill_(mask, 0)
-        self._reset_task_state(mask)
+        self._reset_task_state(mask)  # before the counter moves on: its draws share the reset's count
+        self._resets += mask
 
     # ---------------------------------------------------------------------------------------------
     def _check_action(self, action: torch.Tensor, validate: bool) -> None:
@@ -245,17 +290,27 @@ class BatchedEnv:
                 "contacts would be dropped. Make the env with a larger capacity=Capacity(contacts=..., "
                 "constraints=...).")
 
+    def _warp_scope(self) -> contextlib.AbstractContextManager:
+        """Warp's device, and on CUDA torch's current stream, so Warp launches order with torch ops."""
+        import warp as wp
+
+        scope = contextlib.ExitStack()
+        scope.enter_context(wp.ScopedDevice(self._wp_device))
+        if self.device.type == "cuda":
+            scope.enter_context(wp.ScopedStream(wp.stream_from_torch(torch.cuda.current_stream(self.device))))
+        return scope
+
     def _physics(self) -> None:
         """``frame_skip`` physics steps; on CUDA replayed from a captured graph (captured on first use)."""
         import mujoco_warp as mjw
         import warp as wp
 
         if self.device.type != "cuda":
-            with wp.ScopedDevice(self._wp_device):
+            with self._warp_scope():
                 for _ in range(self.frame_skip):
                     mjw.step(self.model, self.data)
             return
-        with wp.ScopedDevice(self._wp_device), wp.ScopedStream(wp.stream_from_torch(torch.cuda.current_stream())):
+        with self._warp_scope():
             if self._graph is None:
                 with wp.ScopedCapture() as capture:
                     for _ in range(self.frame_skip):
@@ -301,24 +356,100 @@ class BatchedEnv:
         return torch.where(done[:, None], self.observation(), obs), reward, terminated, truncated, info
 
 
+# --- task-specific resets and observations -----------------------------------------------------
+# HumanoidBench's tasks share the reset (keyframe 0 + U(-0.01, 0.01) on qpos, zero qvel) and the
+# observation (qpos ⊕ qvel); a few add to them. Each addition is a hook in ``TASK_HOOKS``, keyed by
+# the robot-independent task name, so HumanoidBenchEnv itself has no per-task branches.
+
+SIT_HARD_X = (0.2, 0.4)  # sit_hard's reset: robot x, y (m) and yaw (rad) ranges, uniform
+SIT_HARD_Y = (-0.15, 0.15)
+SIT_HARD_YAW = (-1.8, 1.8)
+REACH_GOAL_LOW, REACH_GOAL_HIGH = (-2.0, -2.0, 0.2), (2.0, 2.0, 2.0)  # reach's goal box (m), uniform
+
+
+def yaw_quaternion(yaw: torch.Tensor) -> torch.Tensor:
+    """[W] yaw (rad) -> [W, 4] unit quaternion (w, x, y, z) of that rotation about z: HumanoidBench's
+    ``euler_to_quat((0, 0, yaw))`` = (cos(yaw/2), 0, 0, sin(yaw/2))."""
+    zero = torch.zeros_like(yaw)
+    return torch.stack([torch.cos(yaw / 2), zero, zero, torch.sin(yaw / 2)], dim=1)
+
+
+def _sit_hard_pose(env: "HumanoidBenchEnv", qpos: torch.Tensor) -> torch.Tensor:
+    """sit_hard: after keyframe + noise, the robot's x, y and yaw are redrawn (HumanoidBench's
+    ``SitHard.reset_model``); the root quaternion becomes yaw-only. qpos [W, nq] -> [W, nq]."""
+    u = env._uniform("sit_hard_pose", 3)
+    qpos = qpos.clone()
+    qpos[:, 0] = SIT_HARD_X[0] + (SIT_HARD_X[1] - SIT_HARD_X[0]) * u[:, 0]
+    qpos[:, 1] = SIT_HARD_Y[0] + (SIT_HARD_Y[1] - SIT_HARD_Y[0]) * u[:, 1]
+    qpos[:, 3:7] = yaw_quaternion(SIT_HARD_YAW[0] + (SIT_HARD_YAW[1] - SIT_HARD_YAW[0]) * u[:, 2])
+    return qpos
+
+
+def _reach_goal(env: "HumanoidBenchEnv", mask: torch.Tensor) -> None:
+    """reach: a new goal U(REACH_GOAL_LOW, REACH_GOAL_HIGH) for the worlds where mask [W] is True
+    (``state["reach_goal"]`` [W, 3]; HumanoidBench's ``Reach.reset_model``)."""
+    low = torch.tensor(REACH_GOAL_LOW, dtype=torch.float32, device=env.device)
+    high = torch.tensor(REACH_GOAL_HIGH, dtype=torch.float32, device=env.device)
+    goal = low + (high - low) * env._uniform("reach_goal", 3)
+    env.state["reach_goal"] = torch.where(mask[:, None], goal, env.state["reach_goal"])
+
+
+def _reach_observation(env: "HumanoidBenchEnv") -> torch.Tensor:
+    """reach's extra observation: left hand site position ⊕ goal, [W, 6]."""
+    return torch.cat([env._site_xpos[:, env._readout_ids.left_hand], env.state["reach_goal"]], dim=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskHooks:
+    """What one HumanoidBench task adds to the shared reset and observation.
+
+    Attributes:
+      reset_pose: (env, qpos [W, nq]) -> qpos [W, nq], applied to every world's keyframe + noise draw
+        (the env keeps it only for the worlds that reset).
+      reset_state: (env, mask [W] bool) -> None, updates ``env.state`` for the worlds being reset.
+      extra_obs: (env) -> [W, extra_obs_dim], appended after qpos ⊕ qvel.
+      kinematics_after_reset: recompute body/site poses from qpos after a reset, because
+        ``extra_obs`` reads a site pose: otherwise a reset world's first observation would show the
+        pose of the last substep before the reset (see ``HumanoidBenchEnv._reset_task_state``).
+    """
+
+    reset_pose: Optional[Callable[["HumanoidBenchEnv", torch.Tensor], torch.Tensor]] = None
+    reset_state: Optional[Callable[["HumanoidBenchEnv", torch.Tensor], None]] = None
+    extra_obs: Optional[Callable[["HumanoidBenchEnv"], torch.Tensor]] = None
+    extra_obs_dim: int = 0
+    kinematics_after_reset: bool = False
+
+
+TASK_HOOKS = {
+    "sit_hard": TaskHooks(reset_pose=_sit_hard_pose),
+    "reach": TaskHooks(reset_state=_reach_goal, extra_obs=_reach_observation, extra_obs_dim=6,
+                       kinematics_after_reset=True),
+}
+
+
 class HumanoidBenchEnv(BatchedEnv):
     """``num_envs`` worlds of one HumanoidBench task on MuJoCo-Warp (``../shared/spec/envs.md``).
 
-    Observation qpos ⊕ qvel; reset keyframe 0 + U(-0.01, 0.01) on qpos, zero qvel; 10 physics steps
-    per env step; HumanoidBench's rewards and terminations (``rewards.compute``). ``root``: where
-    HumanoidBench's assets are (see ``resolve_root``).
+    Observation qpos ⊕ qvel (reach: ⊕ left hand position ⊕ goal); reset keyframe 0 + U(-0.01, 0.01) on
+    qpos, zero qvel, then the task's hook (``TASK_HOOKS``: sit_hard's pose, reach's goal); 10 physics
+    steps per env step; HumanoidBench's rewards and terminations (``rewards.compute``). ``root``: where
+    HumanoidBench's assets are (see ``resolve_root``); ``capacity``: contact/constraint capacity per
+    world, default ``capacity_for(robot)``.
     """
 
     frame_skip = FRAME_SKIP
 
     def __init__(self, task: str, num_envs: int, device: Optional[str] = None, seed: int = 0,
                  time_limit: int = TIME_LIMIT, ignore_termination: bool = False, root=None,
-                 capacity: Capacity = DEFAULT_CAPACITY):
-        if parse_task_id(task).robot not in HUMANOIDBENCH_ROBOTS:
+                 capacity: Optional[Capacity] = None):
+        parsed = parse_task_id(task)
+        if parsed.robot not in HUMANOIDBENCH_ROBOTS:
             raise ValueError(f"{task!r} is not a HumanoidBench task; make it with ezm_gpu.envs.make")
         self._root = root
+        self._hooks = TASK_HOOKS.get(parsed.task, TaskHooks())
         super().__init__(task, num_envs, device=device, seed=seed, time_limit=time_limit,
-                         ignore_termination=ignore_termination, capacity=capacity)
+                         ignore_termination=ignore_termination,
+                         capacity=capacity if capacity is not None else capacity_for(parsed.robot))
         import warp as wp
 
         m, d, view, dev = self.mj_model, self.data, wp.to_torch, self.device
@@ -337,18 +468,47 @@ class HumanoidBenchEnv(BatchedEnv):
         return load_mj_model(str(self.task), self._root)
 
     def _obs_dim(self) -> int:
-        return self.mj_model.nq + self.mj_model.nv
+        return self.mj_model.nq + self.mj_model.nv + self._hooks.extra_obs_dim
 
     def observation(self) -> torch.Tensor:
-        """qpos ⊕ qvel, [W, obs_dim] float32 (a copy)."""
-        return torch.cat([self._qpos, self._qvel], dim=1)
+        """qpos ⊕ qvel (⊕ the task's extra observation), [W, obs_dim] float32 (a copy)."""
+        parts = [self._qpos, self._qvel]
+        if self._hooks.extra_obs is not None:
+            parts.append(self._hooks.extra_obs(self))
+        return torch.cat(parts, dim=1)
+
+    def _uniform(self, lanes: str, width: int) -> torch.Tensor:
+        """[W, width] U(0, 1) of this reset (seed, world, reset count) on lane range ``RNG_LANES[lanes]``."""
+        return hashed_uniform(self.seed, self._worlds, self._resets, width, 0.0, 1.0, lane_offset=RNG_LANES[lanes])
 
     def _initial_state(self) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = hashed_uniform(self.seed, self._worlds, self._resets, self.mj_model.nq, -RESET_NOISE, RESET_NOISE)
-        return self._key_qpos + noise, torch.zeros_like(self._qvel)
+        noise = hashed_uniform(self.seed, self._worlds, self._resets, self.mj_model.nq, -RESET_NOISE, RESET_NOISE,
+                               lane_offset=RNG_LANES["qpos_noise"])
+        qpos = self._key_qpos + noise
+        if self._hooks.reset_pose is not None:
+            qpos = self._hooks.reset_pose(self, qpos)
+        return qpos, torch.zeros_like(self._qvel)
 
     def _reset_task_state(self, mask: torch.Tensor) -> None:
         self.state = rewards.reset_state(self.state, mask)
+        if self._hooks.reset_state is not None:
+            self._hooks.reset_state(self, mask)
+        if self._hooks.kinematics_after_reset:
+            # Body/site poses of a reset world still describe its last substep before the reset.
+            # HumanoidBench's reset ends in mj_forward, so its first observation shows the reset pose:
+            # recompute the kinematics (poses only, no dynamics) from the new qpos. MuJoCo-Warp has no
+            # per-world mask here, so every world is recomputed; that is harmless, because this
+            # step's rewards and observations of the other worlds were read before the reset and
+            # the next physics step recomputes everything. Cost: one kinematics pass (<1/10 of one
+            # substep's forward pass) per env step, for the tasks that need it (reach).
+            self._kinematics()
+
+    def _kinematics(self) -> None:
+        """MuJoCo-Warp's forward kinematics (xpos, xquat, xmat, site and geom poses) of every world."""
+        import mujoco_warp as mjw
+
+        with self._warp_scope():
+            mjw.kinematics(self.model, self.data)
 
     def _contacts_by_world(self) -> tuple[torch.Tensor, torch.Tensor]:
         """MuJoCo-Warp's global contact list as per-world rows: [W, C, 2] geom pairs (-1 padded) and
@@ -369,6 +529,8 @@ class HumanoidBenchEnv(BatchedEnv):
         return rows[:-1].view(worlds, width, 2), counts[:worlds] > width
 
     def _reward_inputs(self) -> rewards.RewardInputs:
+        """The rewards' inputs, read straight from MuJoCo-Warp's data after the step (no extra forward):
+        qpos/qvel post-step, everything else from the last substep's forward pass."""
         ids = self._readout_ids
         contacts, missed = self._contacts_by_world()
         self._overflow_seen |= missed.any().int()  # (BatchedEnv.step folds in data.overflow)
@@ -378,7 +540,10 @@ class HumanoidBenchEnv(BatchedEnv):
             com_velocity=self._sensordata[:, ids.com_velocity:ids.com_velocity + 3],
             actuator_force=self._actuator_force, pelvis_xpos=self._xpos[:, ids.pelvis],
             pelvis_xquat=self._xquat[:, ids.pelvis], imu_xpos=self._site_xpos[:, ids.imu],
-            qpos=self._qpos, qvel=self._qvel, contact_geom=contacts)
+            qpos=self._qpos, qvel=self._qvel, contact_geom=contacts,
+            left_hand_xpos=self._site_xpos[:, ids.left_hand],
+            pelvis_upright=self._xmat[:, 1, 2, 2],  # body 1 by index, as HumanoidBench's reach reads it
+            chair_xpos=self._xpos[:, ids.chair] if ids.chair >= 0 else None)
 
     def _task_step(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
         reward, terminated, terms, self.state = rewards.compute(str(self.task), self._reward_inputs(),

@@ -6,11 +6,12 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .env import make
-from .scene import CARTPOLE_TASKS, MEDIUM_TASKS, parse_task_id
+from .scene import CARTPOLE_TASKS, HARD_TASKS, MEDIUM_TASKS, parse_task_id
 
 __all__ = ["TASK_SETS", "SUCCESS_BARS", "success_bar", "TaskSet", "make_set"]
 
-TASK_SETS = {"medium": tuple(f"h1-{task}" for task in MEDIUM_TASKS),  # EZ-M's task sets
+TASK_SETS = {"medium": tuple(f"h1-{task}" for task in MEDIUM_TASKS),  # EZ-M's task sets (medium: obs 51,
+             "hard": tuple(f"h1hand-{task}" for task in HARD_TASKS),  # 19 actions; hard: obs 177, 61 actions)
              "cartpole": tuple(f"cartpole-{task}" for task in CARTPOLE_TASKS)}  # cheap CPU learning check
 
 # Return (1000-step episode) at which a task counts as solved: HumanoidBench's ``success_bar`` class
@@ -128,7 +129,7 @@ class TaskSet:
 
 def make_set(tasks: Union[str, Sequence[str]], num_envs: int, device: Optional[str] = None, seed: int = 0,
              **env_kwargs) -> TaskSet:
-    """A TaskSet from a set name ("medium", "cartpole") or a list of task ids."""
+    """A TaskSet from a set name ("medium", "hard", "cartpole") or a list of task ids."""
     if isinstance(tasks, str):
         if tasks not in TASK_SETS:
             raise ValueError(f"unknown task set {tasks!r}; known sets: {', '.join(TASK_SETS)} (or pass a list of ids)")

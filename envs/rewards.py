@@ -5,10 +5,11 @@ Every function here maps a batch of named physics quantities (one row per world,
 and can be checked exactly against recordings of the original (``tests/test_envs_rewards.py``).
 
 Formulas follow HumanoidBench (commit ``791405f5eacf879adbc99105adb3fee73f5a49fc``,
-``humanoid_bench/envs/{basic_locomotion_envs,pole,maze}.py``) built on dm_control's
-``rewards.tolerance``. Implemented: the medium-set locomotion tasks ``stand, walk, run, stair, crawl,
-pole, slide, hurdle, maze`` for the robots ``h1`` and ``h1hand`` (the formulas do not depend on the
-robot; only the geom ids of the contact terms do, and those come from geom names).
+``humanoid_bench/envs/{basic_locomotion_envs,pole,maze,balance,reach}.py``) built on dm_control's
+``rewards.tolerance``. Implemented: the 14 hard-set tasks (:data:`HARD_TASKS`: the medium-set
+locomotion tasks ``stand, walk, run, stair, crawl, pole, slide, hurdle, maze`` plus ``sit_simple,
+sit_hard, balance_simple, balance_hard, reach``) for the robots ``h1`` and ``h1hand`` (the formulas do
+not depend on the robot; only the geom ids of the contact terms do, and those come from geom names).
 
 Timing: HumanoidBench evaluates rewards right after ``mj_step``. ``qpos``/``qvel`` are then the
 post-step values, while every derived quantity (site/body poses, sensors, actuator forces, contacts)
@@ -34,6 +35,7 @@ __all__ = [
     "TaskFn",
     "TASKS",
     "TASK_NAMES",
+    "HARD_TASKS",
     "tolerance",
     "small_control",
     "stand_terms",
@@ -42,6 +44,7 @@ __all__ = [
     "maze_update_stage",
     "maze_move_direction",
     "crawl_pelvis_orientation",
+    "balance_contact_fail",
     "task_constants",
     "initial_state",
     "reset_state",
@@ -61,6 +64,13 @@ MAZE_LAST_STAGE = len(MAZE_CHECKPOINTS) - 1
 MAZE_CHECKPOINT_RADIUS = 0.4
 # The contact discount HumanoidBench multiplies into hurdle/pole/maze rewards on an offending contact.
 COLLISION_DISCOUNT = 0.1
+# Balance: the head must be this high (m) for ``standing`` = 1 (the robot stands on a 0.37 m board).
+BALANCE_HEAD_HEIGHT = STAND_HEIGHT + 0.37
+# Reach: hand-to-goal distances (m) below which the close / success bonuses are paid, and the bonuses.
+REACH_CLOSE_DIST = 1.0
+REACH_SUCCESS_DIST = 0.05
+REACH_CLOSE_BONUS = 5.0
+REACH_SUCCESS_BONUS = 10.0
 
 _DEFAULT_VALUE_AT_MARGIN = 0.1
 
@@ -90,6 +100,11 @@ class RewardInputs:
             type serves every HumanoidBench task.
         contact_geom: [W, C, 2] integer geom id pairs of the active contacts (last substep), padded
             with -1 where a world has fewer than C contacts.
+        left_hand_xpos: [W, 3] position of site ``left_hand`` (last substep), or None; needed by reach.
+        pelvis_upright: [W] zz entry of body 1's (``pelvis``) rotation matrix (last substep), or None;
+            needed by reach (``healthy_reward = 5 * pelvis_upright``).
+        chair_xpos: [W, 3] position of body ``chair`` (last substep), or None; needed by sit_simple and
+            sit_hard.
     """
 
     head_z: Tensor
@@ -104,6 +119,9 @@ class RewardInputs:
     qpos: Tensor
     qvel: Tensor
     contact_geom: Tensor
+    left_hand_xpos: Tensor | None = None
+    pelvis_upright: Tensor | None = None
+    chair_xpos: Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +136,18 @@ class TaskConstants:
         contact_exclude: [ngeom] bool, or None. A contact touching this set never triggers the
             discount (pole: geom 0, the floor).
         maze_checkpoints: [5, 3] float, or None. Maze checkpoint positions indexed by stage (m).
+        sphere_geoms: [ngeom] bool, or None. Balance: geom ``pivot_sphere_collision``.
+        board_geoms: [ngeom] bool, or None. Balance: geom ``stand_board_collision``.
+        floor_geoms: [ngeom] bool, or None. Balance: geom id 0, the floor (HumanoidBench uses the id
+            literally).
     """
 
     contact_geoms: Tensor | None = None
     contact_exclude: Tensor | None = None
     maze_checkpoints: Tensor | None = None
+    sphere_geoms: Tensor | None = None
+    board_geoms: Tensor | None = None
+    floor_geoms: Tensor | None = None
 
 
 # A task: (inputs, constants, state) -> (reward [W], terminated [W] bool, terms, new state).
@@ -206,8 +231,8 @@ def small_control(actuator_force: Tensor) -> Tensor:
     return (4 + per_actuator.mean(dim=-1)) / 5
 
 
-def stand_terms(inputs: RewardInputs, upright_bound: float, feet_relative: bool = False
-                ) -> tuple[Tensor, Tensor, Tensor]:
+def stand_terms(inputs: RewardInputs, upright_bound: float, feet_relative: bool = False,
+                head_height: float = STAND_HEIGHT) -> tuple[Tensor, Tensor, Tensor]:
     """``standing``, ``upright`` and ``stand_reward = standing * upright``, each [W] in [0, 1].
 
     Args:
@@ -216,12 +241,14 @@ def stand_terms(inputs: RewardInputs, upright_bound: float, feet_relative: bool 
             0.5 stair/slide).
         feet_relative: stair/slide measure head height above each foot (terrain is not flat) instead
             of above the ground.
+        head_height: head height (m) from which ``standing`` is 1 when not ``feet_relative``
+            (``STAND_HEIGHT``; balance: ``BALANCE_HEAD_HEIGHT``). The margin stays ``STAND_HEIGHT / 4``.
     """
     if feet_relative:
         standing = (tolerance(inputs.head_z - inputs.left_foot_z, bounds=(1.2, math.inf), margin=0.45)
                     * tolerance(inputs.head_z - inputs.right_foot_z, bounds=(1.2, math.inf), margin=0.45))
     else:
-        standing = tolerance(inputs.head_z, bounds=(STAND_HEIGHT, math.inf), margin=STAND_HEIGHT / 4)
+        standing = tolerance(inputs.head_z, bounds=(head_height, math.inf), margin=STAND_HEIGHT / 4)
     upright = tolerance(inputs.torso_upright, bounds=(upright_bound, math.inf), sigmoid="linear",
                         margin=1.9, value_at_margin=0)
     return standing, upright, standing * upright
@@ -278,7 +305,7 @@ def _walk_family(inputs: RewardInputs, move_speed: float, upright_bound: float =
     terms = {"small_control": small_control(inputs.actuator_force), "stand_reward": stand_reward,
              "standing": standing, "upright": upright}
     if move_speed == 0:
-        terms["dont_move"] = tolerance(inputs.com_velocity[:, :2], margin=2).mean(dim=-1)
+        terms["dont_move"] = _dont_move(inputs)
     else:
         terms["move"] = forward_move(inputs.com_velocity[:, 0], move_speed)
     return terms
@@ -406,24 +433,130 @@ def _maze(inputs: RewardInputs, consts: TaskConstants, state: Mapping[str, Tenso
     return reward, _fell(inputs), terms, new_state
 
 
+def _dont_move(inputs: RewardInputs) -> Tensor:
+    """Stand/sit/balance ``dont_move`` in [0, 1]: gaussian of the horizontal CoM speed (m/s). Returns [W]."""
+    return tolerance(inputs.com_velocity[:, :2], margin=2).mean(dim=-1)
+
+
+def _sit(task: str) -> TaskFn:
+    """sit_simple / sit_hard (same reward; sit_hard only differs by its reset and free chair).
+
+    reward = small_control * sit_reward * dont_move, sit_reward = (sitting + on_chair) / 2 * upright *
+    sitting_posture; terminated when the post-step root height is below 0.5 m.
+    """
+
+    def sit(inputs: RewardInputs, consts: TaskConstants, state: Mapping[str, Tensor]):
+        chair = _need_input(inputs.chair_xpos, "chair_xpos", task)
+        root = inputs.qpos
+        sitting = tolerance(root[:, 2], bounds=(0.68, 0.72), margin=0.2)
+        # Root xy (post-step) relative to the chair body (last substep), as HumanoidBench mixes them.
+        on_chair = (tolerance(root[:, 0] - chair[:, 0], bounds=(-0.19, 0.19), margin=0.2)
+                    * tolerance(root[:, 1] - chair[:, 1], margin=0.1))
+        sitting_posture = tolerance(inputs.head_z - inputs.imu_xpos[:, 2], bounds=(0.35, 0.45), margin=0.3)
+        upright = tolerance(inputs.torso_upright, bounds=(0.95, math.inf), sigmoid="linear", margin=0.9,
+                            value_at_margin=0)
+        sit_reward = (0.5 * sitting + 0.5 * on_chair) * upright * sitting_posture
+        sc = small_control(inputs.actuator_force)
+        dont_move = _dont_move(inputs)
+        reward = sc * sit_reward * dont_move
+        terms = {"small_control": sc, "sit_reward": sit_reward, "dont_move": dont_move, "sitting": sitting,
+                 "upright": upright, "sitting_posture": sitting_posture, "per_timestep_reward": reward}
+        return reward, _below(root[:, 2], 0.5), terms, dict(state)
+
+    return sit
+
+
+def balance_contact_fail(contact_geom: Tensor, sphere: Tensor, board: Tensor, floor: Tensor) -> Tensor:
+    """Balance's contact termination: the pivot sphere touches anything but floor/board, or the floor
+    touches anything but the sphere (e.g. a foot or the board).
+
+    Args:
+        contact_geom: [W, C, 2] int geom id pairs (last substep), -1 = no contact.
+        sphere, board, floor: [ngeom] bool masks of ``pivot_sphere_collision``,
+            ``stand_board_collision`` and the floor (geom 0), from :func:`task_constants`.
+
+    Returns:
+        [W] bool.
+    """
+    return (contact_touches(contact_geom, sphere, floor | board)
+            | contact_touches(contact_geom, floor, sphere))
+
+
+def _balance(task: str) -> TaskFn:
+    """balance_simple / balance_hard (same reward and termination; the hard scene's pivot rolls).
+
+    reward = small_control * stand_reward * dont_move with the head bound raised by the 0.37 m board;
+    terminated when the post-step root height is below 0.8 m or on :func:`balance_contact_fail`.
+    """
+
+    def balance(inputs: RewardInputs, consts: TaskConstants, state: Mapping[str, Tensor]):
+        standing, upright, stand_reward = stand_terms(inputs, 0.9, head_height=BALANCE_HEAD_HEIGHT)
+        sc = small_control(inputs.actuator_force)
+        dont_move = _dont_move(inputs)
+        reward = sc * stand_reward * dont_move
+        terms = {"small_control": sc, "stand_reward": stand_reward, "dont_move": dont_move,
+                 "standing": standing, "upright": upright, "per_timestep_reward": reward}
+        contact = balance_contact_fail(inputs.contact_geom, _need(consts.sphere_geoms, task),
+                                       _need(consts.board_geoms, task), _need(consts.floor_geoms, task))
+        return reward, _below(inputs.qpos[:, 2], 0.8) | contact, terms, dict(state)
+
+    return balance
+
+
+def _reach(inputs: RewardInputs, consts: TaskConstants, state: Mapping[str, Tensor]):
+    """reach: healthy_reward - 1e-4 * motion_penalty + reward_close + reward_success; never terminates.
+
+    ``motion_penalty`` sums the squared post-step ``qvel`` (the robot is the whole reach model, so this
+    is HumanoidBench's ``qvel[:dof - 1]``); the goal is ``state["reach_goal"]`` [W, 3] (m).
+    """
+    hand = _need_input(inputs.left_hand_xpos, "left_hand_xpos", "reach")
+    pelvis_upright = _need_input(inputs.pelvis_upright, "pelvis_upright", "reach")
+    if "reach_goal" not in state:
+        raise ValueError("reach needs state['reach_goal'] (see initial_state)")
+    hand_dist = torch.linalg.vector_norm(hand - state["reach_goal"].to(hand.dtype), dim=-1)
+    healthy_reward = 5.0 * pelvis_upright
+    motion_penalty = inputs.qvel.square().sum(dim=-1)
+    zero = torch.zeros_like(hand_dist)
+    reward_close = torch.where(hand_dist < REACH_CLOSE_DIST, zero + REACH_CLOSE_BONUS, zero)
+    reward_success = torch.where(hand_dist < REACH_SUCCESS_DIST, zero + REACH_SUCCESS_BONUS, zero)
+    reward = healthy_reward - 0.0001 * motion_penalty + reward_close + reward_success
+    terms = {"hand_dist": hand_dist, "healthy_reward": healthy_reward, "motion_penalty": motion_penalty,
+             "reward_close": reward_close, "reward_success": reward_success, "per_timestep_reward": reward}
+    return reward, torch.zeros_like(reward, dtype=torch.bool), terms, dict(state)
+
+
 def _need(x: Tensor | None, task: str) -> Tensor:
     if x is None:
         raise ValueError(f"{task} needs TaskConstants from task_constants({task!r}, geom_names)")
     return x
 
 
+def _need_input(x: Tensor | None, field: str, task: str) -> Tensor:
+    if x is None:
+        raise ValueError(f"{task} needs RewardInputs.{field} (it is None)")
+    return x
+
+
+# HumanoidBench's hard-set order; the first nine are the medium set.
 _BASE_TASKS: dict[str, TaskFn] = {
     "stand": _product_task(0, 0.9, False, _fell),
     "walk": _product_task(WALK_SPEED, 0.9, False, _fell),
     "run": _product_task(RUN_SPEED, 0.9, False, _fell),
     "stair": _product_task(WALK_SPEED, 0.5, True, _tipped_over),
-    "slide": _product_task(WALK_SPEED, 0.5, True, _tipped_over),
     "crawl": _crawl,
     "pole": _pole,
+    "slide": _product_task(WALK_SPEED, 0.5, True, _tipped_over),
     "hurdle": _hurdle,
     "maze": _maze,
+    "sit_simple": _sit("sit_simple"),
+    "sit_hard": _sit("sit_hard"),
+    "balance_simple": _balance("balance_simple"),
+    "balance_hard": _balance("balance_hard"),
+    "reach": _reach,
 }
 _ROBOTS = ("h1", "h1hand")
+#: The 14 hard-set task names (without robot), in HumanoidBench's order.
+HARD_TASKS: tuple[str, ...] = tuple(_BASE_TASKS)
 
 #: Task id (``<robot>-<task>``) -> task function ``(inputs, constants, state) -> (reward, terminated,
 #: terms, new_state)``. ``terms`` holds exactly HumanoidBench's numeric ``info`` entries.
@@ -447,14 +580,14 @@ def task_constants(task: str, geom_names: Sequence[str] | None = None,
     Args:
         task: task id, e.g. ``"h1-hurdle"`` (``-v0`` accepted).
         geom_names: every geom's name in id order (``""`` for unnamed), e.g. the fixtures'
-            ``meta_geom_names``; required by hurdle, pole and maze.
+            ``meta_geom_names``; required by hurdle, pole, maze and balance_{simple,hard}.
         device, dtype: where the tensors live; ``dtype`` applies to the maze checkpoints.
 
     Returns:
         :class:`TaskConstants` with the geom masks / checkpoints the task needs (others None).
     """
     base = canonical_task_name(task).split("-", 1)[1]
-    if base not in ("hurdle", "pole", "maze"):
+    if base not in ("hurdle", "pole", "maze", "balance_simple", "balance_hard"):
         return TaskConstants()
     if geom_names is None:
         raise ValueError(f"{task} needs geom_names")
@@ -480,6 +613,9 @@ def task_constants(task: str, geom_names: Sequence[str] | None = None,
         poles = [i for i, n in enumerate(names) if "pole_r" in n]
         # HumanoidBench ignores contacts that involve geom id 0 (the floor) literally by id.
         return TaskConstants(contact_geoms=mask(poles), contact_exclude=mask([0]))
+    if base.startswith("balance"):
+        return TaskConstants(sphere_geoms=mask([index("pivot_sphere_collision")]),
+                             board_geoms=mask([index("stand_board_collision")]), floor_geoms=mask([0]))
     # Maze: HumanoidBench treats every geom from the first wall block on as a wall.
     first_wall = index("block_collision_00")
     return TaskConstants(contact_geoms=mask(range(first_wall, ngeom)),
@@ -489,15 +625,22 @@ def task_constants(task: str, geom_names: Sequence[str] | None = None,
 def initial_state(task: str, num_worlds: int, device: torch.device | str | None = None,
                   dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
     """Task state right after reset. Maze: ``maze_stage`` [W] int64 = 0, ``move_direction`` [W, 3] = +x.
+    Reach: ``reach_goal`` [W, 3] = 0 (m, world frame; the caller draws the goals and writes them here).
     Other tasks are stateless ({})."""
-    if canonical_task_name(task).split("-", 1)[1] != "maze":
+    base = canonical_task_name(task).split("-", 1)[1]
+    if base == "reach":
+        return {"reach_goal": torch.zeros(num_worlds, 3, dtype=dtype, device=device)}
+    if base != "maze":
         return {}
     stage = torch.zeros(num_worlds, dtype=torch.int64, device=device)
     return {"maze_stage": stage, "move_direction": maze_move_direction(stage, dtype)}
 
 
 def reset_state(state: Mapping[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
-    """Reset the task state of the worlds where ``mask`` ([W] bool) is True; no host sync."""
+    """Reset the task state of the worlds where ``mask`` ([W] bool) is True; no host sync.
+
+    ``reach_goal`` is passed through unchanged: goals are random, so the caller overwrites the rows of
+    reset worlds itself."""
     out = dict(state)
     if "maze_stage" in state:
         stage = torch.where(mask, torch.zeros_like(state["maze_stage"]), state["maze_stage"])
@@ -514,13 +657,14 @@ def compute(task: str, inputs: RewardInputs, constants: TaskConstants | None = N
     Args:
         task: task id, e.g. ``"h1-walk"`` or ``"h1-walk-v0"``.
         inputs: the step's physics quantities (see :class:`RewardInputs`).
-        constants: from :func:`task_constants` (needed by hurdle, pole, maze).
-        state: task state before the step (maze: from :func:`initial_state` or the previous call).
+        constants: from :func:`task_constants` (needed by hurdle, pole, maze, balance).
+        state: task state before the step (maze: from :func:`initial_state` or the previous call;
+            reach: ``reach_goal``).
 
     Returns:
         reward [W] float, terminated [W] bool, terms (HumanoidBench's ``info`` names, each [W] float,
         including ``per_timestep_reward``), and the task state after the step (maze: ``maze_stage``
-        updated before the reward used it, ``move_direction``).
+        updated before the reward used it, ``move_direction``; reach: unchanged).
     """
     fn = TASKS[canonical_task_name(task)]
     return fn(inputs, constants if constants is not None else TaskConstants(), state if state is not None else {})

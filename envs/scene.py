@@ -8,19 +8,25 @@ from typing import Optional
 import mujoco
 
 from .assets import resolve_root
+from .rewards import HARD_TASKS
 
-__all__ = ["MEDIUM_TASKS", "CARTPOLE_TASKS", "HUMANOIDBENCH_ROBOTS", "TaskId", "parse_task_id", "load_mj_model", "Capacity", "put_warp"]
+__all__ = ["MEDIUM_TASKS", "HARD_TASKS", "CARTPOLE_TASKS", "HUMANOIDBENCH_ROBOTS", "TaskId", "valid_task_ids",
+           "parse_task_id", "load_mj_model", "Capacity", "put_warp"]
 
-MEDIUM_TASKS = ("stand", "walk", "run", "stair", "crawl", "pole", "slide", "hurdle", "maze")  # EZ-M's medium set
+# EZ-M's hard set (robot h1hand, rewards.HARD_TASKS: the task table's order) is the medium set
+# (robot h1) plus HumanoidBench's sit, balance and reach tasks.
+MEDIUM_TASKS = HARD_TASKS[:9]
 CARTPOLE_TASKS = ("balance", "swingup")  # dm_control's cartpole on our own MJCF (envs/cartpole.py)
-HUMANOIDBENCH_ROBOTS = ("h1",)
-_ROBOT_TASKS = {"h1": MEDIUM_TASKS, "cartpole": CARTPOLE_TASKS}
+# h1: H1 with 19 position actuators; h1hand: H1 plus two Shadow hands, 61 actuators. Both robots have
+# every hard-set task (HumanoidBench ships the scenes for both).
+HUMANOIDBENCH_ROBOTS = ("h1", "h1hand")
+_ROBOT_TASKS = {"h1": HARD_TASKS, "h1hand": HARD_TASKS, "cartpole": CARTPOLE_TASKS}
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskId:
-    """A task: robot ("h1", or the domain "cartpole") and task ("walk"); ``str()`` is the canonical id
-    "h1-walk"."""
+    """A task: robot ("h1", "h1hand", or the domain "cartpole") and task ("walk"); ``str()`` is the
+    canonical id "h1-walk"."""
 
     robot: str
     task: str
@@ -30,11 +36,13 @@ class TaskId:
 
 
 def valid_task_ids() -> list[str]:
+    """Every task id, robot by robot in task order ("h1-stand", ..., "h1hand-reach", "cartpole-...")."""
     return [f"{robot}-{task}" for robot, tasks in _ROBOT_TASKS.items() for task in tasks]
 
 
 def parse_task_id(task_id: str) -> TaskId:
-    """"h1-walk" or HumanoidBench's registered "h1-walk-v0" -> TaskId; unknown ids list the valid ones."""
+    """"h1-walk", "h1hand-reach" or HumanoidBench's registered "h1-walk-v0" -> TaskId; unknown ids list the
+    valid ones."""
     if not isinstance(task_id, str):
         raise TypeError(f"task id must be a string such as 'h1-walk', got {type(task_id).__name__}")
     name = task_id[:-3] if task_id.endswith("-v0") else task_id

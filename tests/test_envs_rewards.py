@@ -1,10 +1,11 @@
 """Formula parity: HumanoidBench rewards/terminations recomputed from recorded inputs.
 
 Each fixture step's recorded physics quantities (``aux_*``, ``qpos_post``/``qvel_post``,
-``aux_contact_geom``, geom names) go through ``ezm_gpu.envs.rewards`` as one batch of E*T worlds (maze:
-the stage recurrence over t, batch = episodes) and must reproduce the recorded ``reward``, every
-``info_*`` term and ``terminated``.
+``aux_contact_geom``, ``task_*``, geom names) go through ``ezm_gpu.envs.rewards`` as one batch of E*T
+worlds (maze: the stage recurrence over t, batch = episodes) and must reproduce the recorded ``reward``,
+every ``info_*`` term and ``terminated``.
 """
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -18,9 +19,16 @@ if not FIXTURES.is_dir():
     pytest.skip(f"HumanoidBench fixtures not found at {FIXTURES}", allow_module_level=True)
 
 MEDIUM = ("stand", "walk", "run", "stair", "crawl", "pole", "slide", "hurdle", "maze")
+HARD_ONLY = ("sit_simple", "sit_hard", "balance_simple", "balance_hard", "reach")
 ROBOTS = ("h1", "h1hand")
+# Recorded: every medium task for both robots, the hard-only tasks for h1hand. Maze and reach carry state.
+STATELESS = ([f"{r}-{t}" for r in ROBOTS for t in MEDIUM if t != "maze"]
+             + [f"h1hand-{t}" for t in HARD_ONLY if t != "reach"])
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-# Worst error per (env, dtype), printed at the end of the run (pytest -s) for the record.
+# float32 has a 24-bit mantissa, so 1e-5 absolute is unreachable for large terms (reach's
+# motion_penalty, a sum of squared joint speeds, reaches ~9e3: rounding qvel to float32 alone moves it
+# by ~2e-4). In float32, terms with |ref| > 1 are held to 1e-5 relative instead.
+# Worst error per (env, dtype) (float32: relative where |ref| > 1), printed at the end (pytest -s).
 MAX_ERR: dict[tuple[str, str], float] = {}
 
 
@@ -49,7 +57,16 @@ def _inputs(z: dict, dtype: torch.dtype, sl=(slice(None), slice(None))) -> R.Rew
         actuator_force=t("aux_actuator_force"), pelvis_xpos=t("aux_pelvis_xpos"),
         pelvis_xquat=t("aux_pelvis_xquat"), imu_xpos=t("aux_imu_xpos"), qpos=t("qpos_post"),
         qvel=t("qvel_post"), contact_geom=t("aux_contact_geom", float_=False),
+        left_hand_xpos=t("aux_left_hand_xpos"), pelvis_upright=t("aux_pelvis_xmat_zz"),
+        chair_xpos=t("task_chair_xpos") if "task_chair_xpos" in z else None,
     )
+
+
+def _reach_goal(z: dict, dtype: torch.dtype, sl=(slice(None), slice(None))) -> torch.Tensor:
+    """The reach goal (E, 3), one per episode, broadcast over the steps ``sl`` picks -> [worlds, 3]."""
+    E, T = z["reward"].shape
+    goal = np.broadcast_to(z["task_goal"][:, None, :], (E, T, 3))[sl]
+    return torch.from_numpy(np.ascontiguousarray(goal)).reshape(-1, 3).to(dtype)
 
 
 def _sensor_check(z: dict):
@@ -66,19 +83,25 @@ def _compare(env: str, dtype, z: dict, reward, terminated, terms):
     worst = 0.0
     for name, ref in [("reward", z["reward"])] + [(k, z[f"info_{k}"]) for k in sorted(info)]:
         got = (reward if name == "reward" else terms[name]).to(torch.float64).reshape(E, T).numpy()
-        err = float(np.max(np.abs(got - ref)))
+        scale = np.maximum(1.0, np.abs(ref)) if dtype == torch.float32 else 1.0
+        err = float(np.max(np.abs(got - ref) / scale))
         worst = max(worst, err)
-        assert err <= TOL[dtype], f"{env} {dtype} {name}: max abs err {err:.3g}"
+        assert err <= TOL[dtype], f"{env} {dtype} {name}: max err {err:.3g}"
     mism = terminated.reshape(E, T).numpy() != z["terminated"]
     assert not mism.any(), f"{env} {dtype}: terminated differs at {np.argwhere(mism)[:10].tolist()}"
     MAX_ERR[(env, str(dtype))] = worst
 
 
+def test_task_registry():
+    assert R.HARD_TASKS == MEDIUM + HARD_ONLY
+    assert R.TASK_NAMES == tuple(f"{r}-{t}" for r in ROBOTS for t in R.HARD_TASKS) and len(R.TASKS) == 28
+    assert R.canonical_task_name("h1hand-balance_hard-v0") == "h1hand-balance_hard"
+    assert R.canonical_task_name("h1-sit_simple") == "h1-sit_simple"
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("task", [t for t in MEDIUM if t != "maze"])
-@pytest.mark.parametrize("robot", ROBOTS)
-def test_stateless_task_parity(robot, task, dtype):
-    env = f"{robot}-{task}"
+@pytest.mark.parametrize("env", STATELESS)
+def test_stateless_task_parity(env, dtype):
     z = _load(env)
     _sensor_check(z)
     consts = R.task_constants(env, z["meta_geom_names"], dtype=dtype)
@@ -113,6 +136,104 @@ def test_maze_parity(robot, dtype):
     np.testing.assert_array_equal(torch.stack(out["stage"], 1).numpy(), z["task_maze_stage"])
     np.testing.assert_array_equal(torch.stack(out["direction"], 1).to(torch.float64).numpy(),
                                   z["task_move_direction"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_reach_parity(dtype):
+    env = "h1hand-reach"
+    z = _load(env)
+    assert z["qvel_post"].shape[-1] == int(z["meta_nv"]) == 75  # the robot is the whole model
+    n = z["reward"].size
+    state = R.initial_state(env, n, dtype=dtype)
+    assert set(state) == {"reach_goal"} and state["reach_goal"].shape == (n, 3)
+    assert state["reach_goal"].dtype == dtype and not state["reach_goal"].any()
+    state["reach_goal"] = _reach_goal(z, dtype)
+    reward, terminated, terms, new_state = R.compute(f"{env}-v0", _inputs(z, dtype), None, state)
+    assert reward.dtype == dtype and set(new_state) == {"reach_goal"}
+    assert new_state["reach_goal"] is state["reach_goal"]
+    assert not terminated.any()
+    # Both bonuses must be exercised by the recording for the test to mean something.
+    assert (z["info_reward_close"] > 0).any() and (z["info_reward_close"] == 0).any()
+    _compare(env, dtype, z, reward, terminated, terms)
+
+
+def test_reach_state_reset_keeps_goal():
+    goal = torch.tensor([[1.0, 2.0, 0.5], [-1.0, 0.0, 1.5]])
+    out = R.reset_state({"reach_goal": goal}, torch.tensor([True, False]))
+    assert torch.equal(out["reach_goal"], goal)
+
+
+def test_missing_inputs_raise():
+    z = _load("h1hand-sit_simple")
+    inputs = _inputs(z, torch.float64, (slice(None), slice(0, 2)))
+    with pytest.raises(ValueError, match="sit_hard.*chair_xpos"):
+        R.compute("h1hand-sit_hard", dataclasses.replace(inputs, chair_xpos=None))
+    goal = {"reach_goal": torch.zeros(8, 3, dtype=torch.float64)}
+    with pytest.raises(ValueError, match="reach.*left_hand_xpos"):
+        R.compute("h1-reach", dataclasses.replace(inputs, left_hand_xpos=None), None, goal)
+    with pytest.raises(ValueError, match="reach.*pelvis_upright"):
+        R.compute("h1-reach", dataclasses.replace(inputs, pelvis_upright=None), None, goal)
+    with pytest.raises(ValueError, match="reach_goal"):
+        R.compute("h1-reach", inputs, None, {})
+    with pytest.raises(ValueError, match="balance_simple"):
+        R.compute("h1hand-balance_simple", inputs)  # no constants
+    with pytest.raises(ValueError, match="geom_names"):
+        R.task_constants("h1hand-balance_hard")
+
+
+@pytest.mark.parametrize("task", ["balance_simple", "balance_hard"])
+def test_balance_contact_termination_on_recordings(task):
+    # Not every recorded termination is a fall: some steps terminate with the root still >= 0.8 m, and
+    # the contact rule alone must flag exactly those (and together with the height rule, all of them).
+    env = f"h1hand-{task}"
+    z = _load(env)
+    consts = R.task_constants(env, z["meta_geom_names"])
+    fail = R.balance_contact_fail(_inputs(z, torch.float64).contact_geom, consts.sphere_geoms,
+                                  consts.board_geoms, consts.floor_geoms).reshape(z["reward"].shape).numpy()
+    fell = z["qpos_post"][..., 2] < 0.8
+    by_contact = z["terminated"] & ~fell
+    assert by_contact.any(), f"{env}: no contact-only termination recorded"
+    assert fail[by_contact].all()
+    np.testing.assert_array_equal(fail | fell, z["terminated"])
+    names = [str(n) for n in z["meta_geom_names"]]
+    for field, name in [("sphere_geoms", "pivot_sphere_collision"), ("board_geoms", "stand_board_collision"),
+                        ("floor_geoms", names[0])]:
+        mask = getattr(consts, field)
+        assert mask.shape == (len(names),) and int(mask.sum()) == 1 and bool(mask[names.index(name)])
+
+
+def test_balance_contact_rule_branches():
+    z = _load("h1hand-balance_hard")
+    names = [str(n) for n in z["meta_geom_names"]]
+    consts = R.task_constants("h1hand-balance_hard", names)
+    sphere, board, floor = names.index("pivot_sphere_collision"), names.index("stand_board_collision"), 0
+    # A collision geom of the left foot (body ``left_ankle_link``; the robot's geoms are unnamed).
+    bodies = [str(b) for b in z["meta_body_names"]]
+    foot = int(np.flatnonzero(z["meta_geom_bodyid"] == bodies.index("left_ankle_link"))[-1])
+    pad = [-1, -1]
+    worlds = {
+        "sphere-robot": ([[foot, sphere], pad], True),
+        "sphere-floor": ([[sphere, floor], pad], False),
+        "floor-sphere": ([[floor, sphere], pad], False),
+        "sphere-board": ([[board, sphere], pad], False),
+        "floor-foot": ([[floor, foot], pad], True),
+        "board-foot": ([[board, foot], [foot, board]], False),
+        "padding": ([pad, pad], False),
+        "allowed+robot": ([[sphere, board], [sphere, foot]], True),
+    }
+    geoms = torch.tensor([pairs for pairs, _ in worlds.values()])
+    got = R.balance_contact_fail(geoms, consts.sphere_geoms, consts.board_geoms, consts.floor_geoms)
+    assert dict(zip(worlds, got.tolist())) == {k: v for k, (_, v) in worlds.items()}
+    # Through the task too: a standing root (z = 1.2) terminates only on the contact branches.
+    n = len(worlds)
+    inputs = R.RewardInputs(
+        head_z=torch.full((n,), 2.0), left_foot_z=torch.zeros(n), right_foot_z=torch.zeros(n),
+        torso_upright=torch.ones(n), com_velocity=torch.zeros(n, 3), actuator_force=torch.zeros(n, 61),
+        pelvis_xpos=torch.zeros(n, 3), pelvis_xquat=torch.zeros(n, 4), imu_xpos=torch.zeros(n, 3),
+        qpos=torch.zeros(n, 90).index_fill(1, torch.tensor([2]), 1.2), qvel=torch.zeros(n, 87),
+        contact_geom=geoms)
+    _, terminated, _, _ = R.compute("h1hand-balance_hard", inputs, consts)
+    assert terminated.tolist() == [v for _, v in worlds.values()]
 
 
 def test_maze_stage_recurrence_covers_all_stages():
@@ -172,12 +293,13 @@ def test_tolerance_matches_dm_control_definition():
 def test_no_host_sync(monkeypatch):
     # Load everything first: the fixture plumbing itself may use host ops.
     cases = []
-    for task in MEDIUM:
-        env = f"h1-{task}"
+    sl = (slice(None), slice(0, 3))
+    for env in [f"h1-{t}" for t in MEDIUM] + [f"h1hand-{t}" for t in HARD_ONLY]:
         z = _load(env)
-        sl = (slice(None), slice(0, 3))
         consts = R.task_constants(env, z["meta_geom_names"])
-        state = R.initial_state(env, 4 * 3) if task == "maze" else None
+        state = R.initial_state(env, 4 * 3, dtype=torch.float32)
+        if "reach_goal" in state:
+            state["reach_goal"] = _reach_goal(z, torch.float32, sl)
         cases.append((env, _inputs(z, torch.float32, sl), consts, state))
 
     def boom(*args, **kwargs):

@@ -18,21 +18,27 @@ pytestmark = pytest.mark.skipif(not FIXTURES.is_dir() or not ASSETS.is_dir(), re
 SENSOR_KINDS_316 = {0: "mjSENS_TOUCH", 2: "mjSENS_VELOCIMETER", 35: "mjSENS_SUBTREELINVEL"}  # fixtures README
 
 
+RECORDED_TASKS = [f"h1-{t}" for t in scene.MEDIUM_TASKS] + [f"h1hand-{t}" for t in scene.HARD_TASKS]
+
+
 def test_task_ids():
     assert str(scene.parse_task_id("h1-walk")) == "h1-walk"
     assert scene.parse_task_id("h1-maze-v0") == scene.TaskId("h1", "maze")
+    assert scene.parse_task_id("h1hand-balance_hard-v0") == scene.TaskId("h1hand", "balance_hard")
+    ids = scene.valid_task_ids()
+    assert ids[:14] == [f"h1-{t}" for t in scene.HARD_TASKS] and ids[14:28] == [f"h1hand-{t}" for t in scene.HARD_TASKS]
     with pytest.raises(ValueError, match=r"unknown task 'h1-fly'; valid ids .*h1-stand, h1-walk, h1-run"):
         scene.parse_task_id("h1-fly")
     with pytest.raises(ValueError, match="unknown task 'walk'"):
         scene.parse_task_id("walk")
 
 
-@pytest.mark.parametrize("task", scene.MEDIUM_TASKS)
+@pytest.mark.parametrize("task", RECORDED_TASKS)
 def test_model_matches_the_recorded_model(task):
     import mujoco
 
-    z = np.load(FIXTURES / f"h1-{task}-v0.npz")
-    m = scene.load_mj_model(f"h1-{task}", root=ASSETS)
+    z = np.load(FIXTURES / f"{task}-v0.npz")
+    m = scene.load_mj_model(task, root=ASSETS)
     for key in ("nq", "nv", "nu", "na", "nbody", "ngeom", "nsite", "njnt", "nsensor", "nsensordata"):
         assert getattr(m, key) == int(z[f"meta_{key}"]), key
     assert m.opt.timestep == float(z["meta_timestep"])
@@ -78,9 +84,9 @@ def test_model_matches_the_recorded_model(task):
     np.testing.assert_allclose(m.body_mass, z["meta_body_mass"], rtol=1e-8, atol=0, err_msg="body mass")
 
 
-@pytest.mark.parametrize("task", ["walk", "hurdle"])
+@pytest.mark.parametrize("task", ["h1-walk", "h1-hurdle", "h1hand-balance_hard"])
 def test_warp_model_and_data(task):
-    m = scene.load_mj_model(f"h1-{task}", root=ASSETS)
+    m = scene.load_mj_model(task, root=ASSETS)
     model, data = scene.put_warp(m, num_worlds=3, capacity=scene.Capacity(contacts=64, constraints=256), device="cpu")
     assert data.nworld == 3 and data.qpos.shape == (3, m.nq) and data.ctrl.shape == (3, m.nu)
     np.testing.assert_allclose(model.opt.timestep.numpy().ravel()[0], m.opt.timestep)

@@ -96,7 +96,7 @@ def test_top_level_keys_do_not_collide_with_groups():
 @pytest.mark.parametrize("override, message", [
     ("preset=huge", r"invalid preset='huge': one of cpu, hard, medium \(configs/preset/\*.yaml\)"),
     ("search=wide", r"invalid search='wide': one of ezm, small"),
-    ("task_set=hardest", r"invalid task_set='hardest': one of cartpole, medium"),
+    ("task_set=hardest", r"invalid task_set='hardest': one of cartpole, hard, medium"),
 ])
 def test_bad_group_choice_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
