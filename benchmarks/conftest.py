@@ -2,8 +2,18 @@
 
 Benchmarks run the real kernels: do not set TRITON_INTERPRET here. CUDA cases skip without a GPU.
 """
+import os
+import pathlib
+
 import pytest
 import torch
+
+# HumanoidBench's assets for the env and train benchmarks: $EZM_HUMANOIDBENCH_ROOT, else ../shared beside
+# the checkout (the project's shared copy), else the package's own resolution (cache or download).
+_SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "humanoidbench"
+if not os.environ.get("EZM_HUMANOIDBENCH_ROOT") and _SHARED.is_dir():
+    os.environ["EZM_HUMANOIDBENCH_ROOT"] = str(_SHARED)
+HUMANOIDBENCH_ROOT = os.environ.get("EZM_HUMANOIDBENCH_ROOT")
 
 LATENT, ACTION_DIM = 8, 4  # latent 8 as the kernels issue asks; 4 action dims
 

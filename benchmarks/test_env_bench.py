@@ -5,18 +5,13 @@
 ``extra_info``: env_steps_per_s (worlds x steps / s) and physics_share (physics time / step time).
 HumanoidBench's own one-env rate is measured when ``humanoid_bench`` is importable (not here).
 """
-import os
-import pathlib
 import time
 
 import pytest
 import torch
 
-from conftest import cuda_or_skip
+from conftest import HUMANOIDBENCH_ROOT as ROOT, cuda_or_skip
 from ezm_gpu import envs
-
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "humanoidbench"
-ROOT = os.environ.get("EZM_HUMANOIDBENCH_ROOT") or (str(SHARED) if SHARED.is_dir() else None)
 
 
 def _bench(benchmark, task, worlds, device, rounds):

@@ -15,17 +15,21 @@ from conftest import cuda_or_skip
 from ezm_gpu import train
 from ezm_gpu.metrics import read_metrics
 
-CASES = {  # name -> overrides (the run's tasks, worlds and replay ratio)
-    "cartpole": ["tasks=cartpole", "envs=64", "batch_size=128", "replay_ratio=8"],
-    "h1-walk": ["tasks=[h1-walk]", "envs=64", "batch_size=128", "replay_ratio=8"],
+CASES = {  # name -> (overrides: the run's tasks, worlds and replay ratio; worlds per task)
+    "cartpole": (["tasks=cartpole", "envs=64", "batch_size=128", "replay_ratio=8"], 32),
+    "h1-walk": (["tasks=[h1-walk]", "envs=64", "batch_size=128", "replay_ratio=8"], 64),
 }
 ITERATIONS = 60  # env steps per world; the first 8 act randomly (warm-up), the rest search + update
+WARMUP = 8
 
 
 def _train(tmp_path, name, device, extra=()):
     out = tmp_path / name
-    cfg = train.compose_config(CASES[name] + [
-        f"device={device}", "preset=cpu", "search=small", f"steps={ITERATIONS}", "start_transitions=8",
+    overrides, worlds_per_task = CASES[name]
+    # steps and start_transitions count env steps per task: every world of a task steps once per iteration
+    cfg = train.compose_config(overrides + [
+        f"device={device}", "preset=cpu", "search=small", f"steps={ITERATIONS * worlds_per_task}",
+        f"start_transitions={WARMUP * worlds_per_task}",
         "log_interval=20", "eval_interval=1000000", "checkpoint_interval=1000000", "eval_steps=10",
         "episode_length=1000", f"out={out}", *extra])
     train.run(cfg)
