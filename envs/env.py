@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import mujoco
 import torch
@@ -377,20 +377,17 @@ def yaw_quaternion(yaw: torch.Tensor) -> torch.Tensor:
 def _sit_hard_pose(env: "HumanoidBenchEnv", qpos: torch.Tensor) -> torch.Tensor:
     """sit_hard: after keyframe + noise, the robot's x, y and yaw are redrawn (HumanoidBench's
     ``SitHard.reset_model``); the root quaternion becomes yaw-only. qpos [W, nq] -> [W, nq]."""
-    u = env._uniform("sit_hard_pose", 3)
+    ranges = (SIT_HARD_X, SIT_HARD_Y, SIT_HARD_YAW)
+    x, y, yaw = env._uniform("sit_hard_pose", [r[0] for r in ranges], [r[1] for r in ranges]).unbind(1)
     qpos = qpos.clone()
-    qpos[:, 0] = SIT_HARD_X[0] + (SIT_HARD_X[1] - SIT_HARD_X[0]) * u[:, 0]
-    qpos[:, 1] = SIT_HARD_Y[0] + (SIT_HARD_Y[1] - SIT_HARD_Y[0]) * u[:, 1]
-    qpos[:, 3:7] = yaw_quaternion(SIT_HARD_YAW[0] + (SIT_HARD_YAW[1] - SIT_HARD_YAW[0]) * u[:, 2])
+    qpos[:, 0], qpos[:, 1], qpos[:, 3:7] = x, y, yaw_quaternion(yaw)
     return qpos
 
 
 def _reach_goal(env: "HumanoidBenchEnv", mask: torch.Tensor) -> None:
     """reach: a new goal U(REACH_GOAL_LOW, REACH_GOAL_HIGH) for the worlds where mask [W] is True
     (``state["reach_goal"]`` [W, 3]; HumanoidBench's ``Reach.reset_model``)."""
-    low = torch.tensor(REACH_GOAL_LOW, dtype=torch.float32, device=env.device)
-    high = torch.tensor(REACH_GOAL_HIGH, dtype=torch.float32, device=env.device)
-    goal = low + (high - low) * env._uniform("reach_goal", 3)
+    goal = env._uniform("reach_goal", REACH_GOAL_LOW, REACH_GOAL_HIGH)
     env.state["reach_goal"] = torch.where(mask[:, None], goal, env.state["reach_goal"])
 
 
@@ -477,9 +474,12 @@ class HumanoidBenchEnv(BatchedEnv):
             parts.append(self._hooks.extra_obs(self))
         return torch.cat(parts, dim=1)
 
-    def _uniform(self, lanes: str, width: int) -> torch.Tensor:
-        """[W, width] U(0, 1) of this reset (seed, world, reset count) on lane range ``RNG_LANES[lanes]``."""
-        return hashed_uniform(self.seed, self._worlds, self._resets, width, 0.0, 1.0, lane_offset=RNG_LANES[lanes])
+    def _uniform(self, lanes: str, low: Sequence[float], high: Sequence[float]) -> torch.Tensor:
+        """[W, len(low)] draws of this reset (seed, world, reset count) on lane range ``RNG_LANES[lanes]``,
+        column j uniform in [low[j], high[j]). The bounds stay Python floats: no host-to-device copy on
+        the reset path, which runs every step."""
+        u = hashed_uniform(self.seed, self._worlds, self._resets, len(low), 0.0, 1.0, lane_offset=RNG_LANES[lanes])
+        return torch.stack([lo + (hi - lo) * u[:, j] for j, (lo, hi) in enumerate(zip(low, high))], dim=1)
 
     def _initial_state(self) -> tuple[torch.Tensor, torch.Tensor]:
         noise = hashed_uniform(self.seed, self._worlds, self._resets, self.mj_model.nq, -RESET_NOISE, RESET_NOISE,

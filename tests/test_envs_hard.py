@@ -7,7 +7,6 @@ random pose, reach's goal and its first observation), balance's contact terminat
 env, and the hard task set.
 """
 import math
-import pathlib
 
 import mujoco
 import numpy as np
@@ -18,20 +17,14 @@ from ezm_gpu import envs
 from ezm_gpu.envs.env import (CAPACITIES, REACH_GOAL_HIGH, REACH_GOAL_LOW, RESET_NOISE, SIT_HARD_X, SIT_HARD_Y,
                               SIT_HARD_YAW, capacity_for, make, yaw_quaternion)
 from ezm_gpu.envs.scene import HARD_TASKS, parse_task_id
+from hb_fixtures import ASSETS, load_fixture as _fixture, requires_shared
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
-ASSETS, FIXTURES = SHARED / "humanoidbench", SHARED / "fixtures" / "humanoidbench"
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir() or not ASSETS.is_dir(), reason="../shared is not present")
+pytestmark = requires_shared
 
 NEW_TASKS = ("sit_simple", "sit_hard", "balance_simple", "balance_hard", "reach")
 # HumanoidBench's observation sizes for h1 (robot dof 26: 2 * 26 - 1 plus the task's objects / 6 for reach).
 H1_OBS_DIMS = {"sit_simple": 51, "sit_hard": 64, "balance_simple": 64, "balance_hard": 77, "reach": 57}
 ROBOT_QPOS = 7  # free root joint of the robot: x, y, z, quaternion (w, x, y, z)
-
-
-def _fixture(task):
-    z = np.load(FIXTURES / f"{task}-v0.npz")
-    return {k: z[k] for k in z.files}
 
 
 def _yaw(quat):

@@ -3,16 +3,14 @@
 The recordings come from MuJoCo 3.1.6 on the same XML; the model metadata must be identical (exact
 for integers and names, float64 to 1e-12 for parameters compiled from the XML).
 """
-import pathlib
 
 import numpy as np
 import pytest
 
 from ezm_gpu.envs import scene
+from hb_fixtures import ASSETS, load_fixture, requires_shared
 
-ROOT = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
-ASSETS, FIXTURES = ROOT / "humanoidbench", ROOT / "fixtures" / "humanoidbench"
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir() or not ASSETS.is_dir(), reason="../shared is not present")
+pytestmark = requires_shared
 
 
 SENSOR_KINDS_316 = {0: "mjSENS_TOUCH", 2: "mjSENS_VELOCIMETER", 35: "mjSENS_SUBTREELINVEL"}  # fixtures README
@@ -37,7 +35,7 @@ def test_task_ids():
 def test_model_matches_the_recorded_model(task):
     import mujoco
 
-    z = np.load(FIXTURES / f"{task}-v0.npz")
+    z = load_fixture(task)
     m = scene.load_mj_model(task, root=ASSETS)
     for key in ("nq", "nv", "nu", "na", "nbody", "ngeom", "nsite", "njnt", "nsensor", "nsensordata"):
         assert getattr(m, key) == int(z[f"meta_{key}"]), key

@@ -14,7 +14,6 @@ pelvis upright, sit's chair body) with what HumanoidBench's reward code read, an
 observation (qpos ⊕ qvel ⊕ left hand ⊕ goal), with the recorded goals set as task state.
 """
 import dataclasses
-import pathlib
 
 import numpy as np
 import pytest
@@ -23,11 +22,10 @@ import torch
 from ezm_gpu.envs import rewards
 from ezm_gpu.envs.env import Capacity, CapacityOverflowError, RESET_NOISE, hashed_uniform, make
 from ezm_gpu.envs.scene import HARD_TASKS, MEDIUM_TASKS
+from hb_fixtures import ASSETS, load_fixture as _fixture, requires_shared
 from host_sync import forbid_host_sync
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
-ASSETS, FIXTURES = SHARED / "humanoidbench", SHARED / "fixtures" / "humanoidbench"
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir() or not ASSETS.is_dir(), reason="../shared is not present")
+pytestmark = requires_shared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +73,6 @@ BOUNDS.update({
     "h1hand-reach": dataclasses.replace(_H1HAND, p90=6e-3, p99=5e-2, worst=0.36, terms=2e-2),
 })
 PARITY_TASKS = tuple(BOUNDS)
-
-
-def _fixture(task):
-    """The recording of a task id ("h1-walk", "h1hand-reach") as a dict of arrays."""
-    z = np.load(FIXTURES / f"{task}-v0.npz")
-    return {k: z[k] for k in z.files}
 
 
 def _replay_env(task, z, **kwargs):
