@@ -15,12 +15,13 @@ from conftest import cuda_or_skip
 from ezm_gpu import train
 from ezm_gpu.metrics import read_metrics
 
-CASES = {  # name -> (overrides: the run's tasks, worlds and replay ratio; worlds per task)
-    "cartpole": (["tasks=cartpole", "envs=64", "batch_size=128", "replay_ratio=8"], 32),
-    "h1-walk": (["tasks=[h1-walk]", "envs=64", "batch_size=128", "replay_ratio=8"], 64),
+CASES = {  # name -> (overrides: the run's tasks and worlds; worlds per task)
+    "cartpole": (["tasks=cartpole", "envs=64", "batch_size=128"], 32),
+    "h1-walk": (["tasks=[h1-walk]", "envs=64", "batch_size=128"], 64),
 }
 ITERATIONS = 60  # env steps per world; the first 8 act randomly (warm-up), the rest search + update
 WARMUP = 8
+UPDATES_PER_DECISION = 4  # after the warm-up (as measured: 64 worlds x 8 samples per env step / batch 128)
 
 
 def _train(tmp_path, name, device, extra=()):
@@ -30,6 +31,9 @@ def _train(tmp_path, name, device, extra=()):
     cfg = train.compose_config(overrides + [
         f"device={device}", "preset=cpu", "search=small", f"steps={ITERATIONS * worlds_per_task}",
         f"start_transitions={WARMUP * worlds_per_task}",
+        # the update budget counts per env step per task: 4 per decision over the 52 decisions after the warm-up
+        f"updates_per_step={UPDATES_PER_DECISION * (ITERATIONS - WARMUP) / (ITERATIONS * worlds_per_task)}",
+        "final_updates=0",
         "log_interval=20", "eval_interval=1000000", "checkpoint_interval=1000000", "eval_steps=10",
         "episode_length=1000", f"out={out}", *extra])
     train.run(cfg)

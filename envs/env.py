@@ -56,7 +56,7 @@ DEFAULT_CAPACITY = Capacity(contacts=48, constraints=256)
 # between 512 and 1024 rows (within the machine's noise).
 CAPACITIES = {"h1": DEFAULT_CAPACITY, "h1hand": Capacity(contacts=192, constraints=1024)}
 # Lane ranges of ``hashed_uniform``, one per draw of a reset, so the draws are independent streams.
-RNG_LANES = {"qpos_noise": 0, "sit_hard_pose": 1 << 20, "reach_goal": 2 << 20}
+RNG_LANES = {"qpos_noise": 0, "sit_hard_pose": 1 << 20, "reach_goal": 2 << 20, "stagger": 3 << 20}
 
 
 def capacity_for(robot: str) -> Capacity:
@@ -136,8 +136,17 @@ class BatchedEnv:
     counter-based RNG) and ``_task_step`` (reward, termination and reward terms after the physics);
     optionally ``_reset_task_state`` (task state such as HumanoidBench's maze stage).
 
+    Staggered starts: ``reset(stagger=True)`` credits each world a random number of elapsed steps
+    toward the time limit (``start_elapsed``), so the first episodes of thousands of worlds end
+    uniformly over 1..time_limit steps instead of all at once; the physics state is the usual reset.
+
     Attributes:
       task: the TaskId; obs_dim, action_dim; num_envs; device (torch.device); mj_model; time_limit.
+      episode_return [W] float32, episode_length [W] int64: of the current episode (steps taken since
+        the world's last reset).
+      start_elapsed [W] int64: steps credited toward the time limit at the start of the current
+        episode (``reset(stagger=True)``'s draw; 0 otherwise, and 0 again once the world resets). A
+        world is truncated when ``episode_length + start_elapsed >= time_limit``.
     """
 
     frame_skip: int = FRAME_SKIP
@@ -178,6 +187,7 @@ class BatchedEnv:
         self._resets = torch.zeros(num_envs, dtype=torch.int64, device=dev)  # per-world reset counter (RNG)
         self.episode_return = torch.zeros(num_envs, device=dev)
         self.episode_length = torch.zeros(num_envs, dtype=torch.int64, device=dev)
+        self.start_elapsed = torch.zeros(num_envs, dtype=torch.int64, device=dev)  # stagger's time-limit credit
         self.bad_world_resets = torch.zeros((), dtype=torch.int64, device=dev)  # diverged worlds reset so far
         self._overflow_seen = torch.zeros((), dtype=torch.int32, device=dev)
         self.state: dict = {}  # task state carried across steps (reset per world with the episode)
@@ -211,10 +221,40 @@ class BatchedEnv:
         (``hashed_uniform`` on its own ``RNG_LANES``) belong to the same reset as ``_initial_state``'s."""
 
     # ---------------------------------------------------------------------------------------------
-    def reset(self) -> torch.Tensor:
-        """Resets every world (the task's reset distribution). Returns obs [W, obs_dim]."""
+    def reset(self, stagger: bool = False, stagger_multiple: int = 1) -> torch.Tensor:
+        """Resets every world (the task's reset distribution). Returns obs [W, obs_dim].
+
+        Args:
+          stagger: also draw, per world, a number of steps e_w uniform in {0, ..., time_limit - 1}
+            (``start_elapsed``) counted as already elapsed toward the time limit, so world w's first
+            episode is truncated after time_limit - e_w steps: uniformly over 1..time_limit, instead
+            of every world ending (and restarting) at the same step. Only the first episode is
+            shortened (later ones run the full time limit) and the observation is the same as
+            without stagger. The draw is on device (no host sync) from the counter-based RNG on its
+            own lanes (``RNG_LANES["stagger"]``): it depends on (seed, world, reset count) only,
+            and leaves every other draw unchanged. ``info``'s episode_return / episode_length at the
+            first episode's end count the steps actually taken (time_limit - e_w).
+          stagger_multiple: e_w is drawn uniformly among the multiples of this in [0, time_limit), so
+            that an agent deciding every ``stagger_multiple`` steps (action repeat) still sees every
+            episode end on a decision boundary when time_limit is a multiple of it.
+        """
+        if isinstance(stagger_multiple, bool) or not isinstance(stagger_multiple, int) or stagger_multiple < 1:
+            raise ValueError(f"stagger_multiple must be an integer >= 1, got {stagger_multiple!r}")
+        elapsed = self._stagger_draw(stagger_multiple) if stagger else None
         self._reset_worlds(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        if elapsed is not None:
+            self.start_elapsed.copy_(elapsed)
         return self.observation()
+
+    def _stagger_draw(self, multiple: int = 1) -> torch.Tensor:
+        """[W] int64 uniform among the multiples of ``multiple`` in [0, time_limit), from (seed, world,
+        reset count) on lanes ``RNG_LANES["stagger"]``: the 24-bit uniform k/2**24 maps to
+        floor(k * n / 2**24) * multiple with n = time_limit // multiple choices, in integers (exact; bias at
+        most n / 2**24 per value)."""
+        unit = hashed_uniform(self.seed, self._worlds, self._resets, 1, 0.0, 1.0, lane_offset=RNG_LANES["stagger"])
+        k = (unit[:, 0] * (1 << 24)).long()  # exact: the uniform is a multiple of 2**-24
+        choices = max(self.time_limit // multiple, 1)
+        return ((k * choices) >> 24) * multiple
 
     def set_state(self, qpos: torch.Tensor, qvel: torch.Tensor, qacc_warmstart: Optional[torch.Tensor] = None,
                   state: Optional[dict] = None) -> None:
@@ -228,15 +268,18 @@ class BatchedEnv:
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue these worlds exactly: physics state (qpos, qvel,
-        warmstart, ctrl, time), episode counters, reset counters (the RNG), task state, time limit."""
+        warmstart, ctrl, time), episode counters (with the stagger credit ``start_elapsed``), reset
+        counters (the RNG), task state, time limit."""
         return {"qpos": self._qpos.clone(), "qvel": self._qvel.clone(), "warmstart": self._warmstart.clone(),
                 "ctrl": self._ctrl.clone(), "time": self._time.clone(), "resets": self._resets.clone(),
                 "episode_return": self.episode_return.clone(), "episode_length": self.episode_length.clone(),
-                "bad_world_resets": self.bad_world_resets.clone(), "state": dict(self.state),
-                "time_limit": self.time_limit, "task": str(self.task), "num_envs": self.num_envs}
+                "start_elapsed": self.start_elapsed.clone(), "bad_world_resets": self.bad_world_resets.clone(),
+                "state": dict(self.state), "time_limit": self.time_limit, "task": str(self.task),
+                "num_envs": self.num_envs}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restores ``state_dict()`` of an env of the same task and world count."""
+        """Restores ``state_dict()`` of an env of the same task and world count (a state saved before
+        ``start_elapsed`` existed restores it as 0: no stagger credit)."""
         if state["task"] != str(self.task) or state["num_envs"] != self.num_envs:
             raise ValueError(f"state of {state['task']} x{state['num_envs']} cannot load into {self.task} "
                              f"x{self.num_envs}")
@@ -245,6 +288,7 @@ class BatchedEnv:
                              ("episode_return", self.episode_return), ("episode_length", self.episode_length),
                              ("bad_world_resets", self.bad_world_resets)):
             target.copy_(state[name])
+        self.start_elapsed.copy_(state.get("start_elapsed", torch.zeros_like(self.start_elapsed)))
         self.state = {k: v.to(self.device) for k, v in state["state"].items()}
         self.time_limit = state["time_limit"]
 
@@ -259,6 +303,7 @@ class BatchedEnv:
         self._time.masked_fill_(mask, 0.0)
         self.episode_return.masked_fill_(mask, 0.0)
         self.episode_length.masked_fill_(mask, 0)
+        self.start_elapsed.masked_fill_(mask, 0)
         self._reset_task_state(mask)  # before the counter moves on: its draws share the reset's count
         self._resets += mask
 
@@ -330,7 +375,9 @@ class BatchedEnv:
           obs [W, obs_dim] (the new episode's first observation where a world was reset), reward [W],
           terminated [W] bool, truncated [W] bool (time limit, or a diverged world), info: every reward
           term [W], ``final_observation`` [W, obs_dim] (the observation before any reset),
-          ``episode_return`` / ``episode_length`` [W] (of the episode that just ended, where ``done``),
+          ``episode_return`` / ``episode_length`` [W] (of the episode that just ended, where ``done``:
+          reward summed and steps taken since the world's reset, so a staggered first episode reports
+          its own, shorter, length),
           ``done`` [W] bool, ``diverged`` [W] bool.
         """
         self._check_action(action, validate)
@@ -348,7 +395,7 @@ class BatchedEnv:
         terminated = terminated & ~diverged
         self.episode_return += reward
         self.episode_length += 1
-        truncated = (self.episode_length >= self.time_limit) | diverged
+        truncated = (self.episode_length + self.start_elapsed >= self.time_limit) | diverged
         done = terminated | truncated
         info = dict(terms, final_observation=obs, episode_return=self.episode_return.clone(),
                     episode_length=self.episode_length.clone(), done=done, diverged=diverged)

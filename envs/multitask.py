@@ -74,9 +74,15 @@ class TaskSet:
     def _pad(self, parts: list) -> torch.Tensor:
         return torch.cat([torch.cat([p, p.new_zeros(p.shape[0], self.obs_dim - p.shape[1])], 1) for p in parts])
 
-    def reset(self) -> torch.Tensor:
-        """Resets every world; returns padded observations [W, obs_dim]."""
-        return self._pad([env.reset() for env in self.envs])
+    def reset(self, stagger: bool = False, stagger_multiple: int = 1) -> torch.Tensor:
+        """Resets every world; returns padded observations [W, obs_dim].
+
+        stagger: each task's env draws its worlds' first-episode time-limit credit (see
+        ``BatchedEnv.reset``) from its own seed, so first episodes end uniformly over 1..time_limit
+        steps of that task rather than in one synchronised wave; stagger_multiple: the credit is a
+        multiple of it (an agent's action repeat).
+        """
+        return self._pad([env.reset(stagger=stagger, stagger_multiple=stagger_multiple) for env in self.envs])
 
     def step(self, action: torch.Tensor, validate: bool = True):
         """Steps every task. action [W, action_dim] (padding entries ignored).
@@ -97,7 +103,8 @@ class TaskSet:
 
     def set_time_limit(self, steps: int, task: Optional[int] = None) -> None:
         """Changes the episode length of every task, or of task index ``task`` only (EZ-M's curriculum:
-        500, then 1000). Episodes under way keep running and end at the new limit."""
+        500, then 1000). Episodes under way keep running and end at the new limit (counting a
+        staggered first episode's ``start_elapsed`` credit, as before the change)."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"time limit must be an integer >= 1, got {steps!r}")
         if task is not None and not 0 <= task < len(self.envs):

@@ -42,12 +42,14 @@ class TrainConfig:
     steps: int = 1_000_000  # env steps per task
     preset: str = "medium"  # model preset: hard | medium | cpu
     out: Optional[str] = None  # run directory (default: runs/<tasks>-<timestamp>)
-    resume: Optional[str] = None  # a run directory to continue from its latest checkpoint
+    resume: Optional[str] = None  # a run directory to continue from its latest checkpoint, with its config.yaml
     batch_size: int = 512  # samples per update; each task gets batch_size // num_tasks
-    replay_ratio: float = 11.0  # sampled transitions per env step (≈ 3.3 env steps per task per update)
+    updates_per_step: float = 0.6  # updates per env step per task while collecting (release: 6e5 over 1M)
+    final_updates: float = 0.0333333  # updates after the last env step, as a fraction of the collection's (1/30)
     start_transitions: int = 1000  # uniform-random actions until every task has this many
     replay_capacity: int = 1_000_000  # transitions per task
     ignore_termination: bool = True  # EZ-M's protocol; False: HumanoidBench's
+    stagger_resets: bool = True  # first episodes end uniformly over 1..episode_length (no synchronised waves)
     episode_length: int = 500  # training episode length; 1000 once past 40% or saturated (curriculum)
     eval_interval: int = 5000  # updates between evaluations
     eval_steps: int = 1000  # length of an evaluation episode
@@ -126,10 +128,13 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
     if cfg.precision not in PRECISIONS:
         _fail("precision", cfg.precision, "one of " + ", ".join(PRECISIONS))
     _model_config(cfg)
-    for key in ("replay_ratio", "lr"):
+    for key in ("updates_per_step", "lr"):
         value = getattr(cfg, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
             _fail(key, value, "a finite number > 0")
+    value = cfg.final_updates
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        _fail("final_updates", value, "a finite number >= 0")
     if isinstance(cfg.ema_tau, bool) or not isinstance(cfg.ema_tau, (int, float)) or not 0 < cfg.ema_tau <= 1:
         _fail("ema_tau", cfg.ema_tau, "a number in (0, 1]")
     _positive_int(cfg, "ema_interval")

@@ -9,10 +9,11 @@ __all__ = ["EMA"]
 
 
 class EMA:
-    """Keeps ``copy`` of ``model`` with theta' <- (1 - tau) theta' + tau theta every ``interval`` updates.
+    """Keeps ``copy`` of ``model`` with x' <- (1 - tau) x' + tau x every ``interval`` updates, for every
+    floating-point entry of the state dict: weights, BatchNorm running statistics and the observation
+    normaliser's mean, variance and count alike (the release averages the whole state dict).
 
-    Buffers (BatchNorm and observation-normalisation statistics) are copied as they are: they are
-    estimates, not weights, and averaging them would lag the normaliser the online model trains with.
+    Integer entries (BatchNorm's ``num_batches_tracked``) are counters, not estimates: they are copied.
     """
 
     def __init__(self, model: torch.nn.Module, tau: float = 0.01, interval: int = 5):
@@ -30,11 +31,17 @@ class EMA:
         whether it averaged."""
         if step % self.interval:
             return False
-        online = list(model.parameters())
-        averaged = list(self.copy.parameters())
-        torch._foreach_lerp_(averaged, online, self.tau)
-        for target, source in zip(self.copy.buffers(), model.buffers()):
-            target.copy_(source)
+        source = model.state_dict()
+        averaged: dict = {}  # dtype -> (targets, sources): _foreach_lerp_ takes one dtype per list
+        for name, target in self.copy.state_dict().items():  # state_dict() tensors share storage
+            if target.is_floating_point():
+                targets, sources = averaged.setdefault(target.dtype, ([], []))
+                targets.append(target)
+                sources.append(source[name])
+            else:
+                target.copy_(source[name])
+        for targets, sources in averaged.values():
+            torch._foreach_lerp_(targets, sources, self.tau)
         return True
 
     def state_dict(self) -> dict:

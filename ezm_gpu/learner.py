@@ -12,7 +12,7 @@ import torch
 
 from .ema import EMA
 from .kernels import SearchConfig
-from .loss import LossWeights, UnrollPredictions, UnrollTargets, ezm_loss, scale_gradient
+from .loss import LossWeights, UnrollPredictions, UnrollTargets, ezm_loss
 from .model import EZMModel, policy_log_prob
 from .reanalyze import Reanalysis, reanalyze
 from .replay import ReplayBatch, ReplayBuffer
@@ -20,6 +20,7 @@ from .replay import ReplayBatch, ReplayBuffer
 __all__ = ["LearnerConfig", "Learner", "unroll", "entropy_estimate"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+LATENT_GRAD_SCALE = 0.5  # the release's gradient hook on every unrolled latent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +75,16 @@ def unroll(model: EZMModel, batch: ReplayBatch, targets: Reanalysis, unroll_step
     policy_terms(prediction, 0)
     first_values = model.decode_values(prediction.value_logits.detach())
     for step in range(unroll_steps):
-        latent, step_reward_logits, prediction = model.recurrent_training(latent, batch.actions[:, step], tasks)
+        # ×0.5 on the tensor every reader of ŝ_{k+1} uses (its heads, projection, the next dynamics and
+        # reward steps), as the release's hook: step k's heads reach the representation at 0.5^k.
+        latent, step_reward_logits, prediction = model.recurrent_training(latent, batch.actions[:, step], tasks,
+                                                                          latent_grad_scale=LATENT_GRAD_SCALE)
         reward_logits.append(step_reward_logits)
         projections.append(model.project(latent, with_prediction_head=True))
         with torch.no_grad():
             observed = model.represent(batch.obs[:, step + 1], tasks)
         target_projections.append(model.project(observed, with_prediction_head=False))
         policy_terms(prediction, step + 1)
-        latent = scale_gradient(latent, 0.5)  # it feeds the next step and this step's heads
     predictions = UnrollPredictions(
         value_logits=torch.stack(value_logits), reward_logits=torch.stack(reward_logits),
         policy_log_prob=torch.stack(log_probs), entropy=torch.stack(entropies),

@@ -10,8 +10,9 @@ Step 0 is the representation of o_t; step i+1 the dynamics unrolled with a_{t+i}
 with V(·, z) = 0.5 · mean over the value heads of CE(value logits, two-hot(z)), m_i the unroll mask
 (0 past the trajectory's end), E the entropy term (release: +entropy estimate, which shrinks the
 policy's std; ``entropy_bonus=True``: TD-MPC2's −entropy). The batch loss is the IS-weighted mean;
-its gradient is scaled by 1/K, and the caller halves the gradient of every unrolled latent
-(``scale_gradient(latent, 0.5)``) because it feeds two branches (the next step and the heads).
+its gradient is scaled by 1/K, and the unroll halves the gradient of every unrolled latent where it is
+made (``EZMModel.recurrent_training(..., latent_grad_scale=0.5)``), so that step i's heads reach the
+representation at 0.5^i, as the release's hook on the unrolled state does.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import dataclasses
 
 import torch
 
+from .model import scale_gradient
 from .supports import Support
 
 __all__ = ["LossWeights", "UnrollPredictions", "UnrollTargets", "cross_entropy", "value_loss",
@@ -73,11 +75,6 @@ def consistency_loss(projection: torch.Tensor, target: torch.Tensor) -> torch.Te
     a = torch.nn.functional.normalize(projection, p=2.0, dim=-1, eps=1e-5)
     b = torch.nn.functional.normalize(target.detach(), p=2.0, dim=-1, eps=1e-5)
     return -(a * b).sum(-1)
-
-
-def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """x in the forward pass; ``scale`` x its gradient in the backward pass."""
-    return x * scale + x.detach() * (1.0 - scale)
 
 
 def ezm_loss(pred: UnrollPredictions, target: UnrollTargets, support: Support, discount: float,

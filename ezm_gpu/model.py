@@ -43,6 +43,7 @@ __all__ = [
     "policy_params",
     "sample_policy",
     "policy_log_prob",
+    "scale_gradient",
     "count_parameters",
 ]
 
@@ -118,6 +119,13 @@ class ModelConfig:
 
 
 PRESETS = {"hard": ModelConfig.hard, "medium": ModelConfig.medium, "cpu": ModelConfig.cpu}
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x in the forward pass; ``scale`` x its gradient in the backward pass."""
+    if scale == 1.0:
+        return x
+    return x * scale + x.detach() * (1.0 - scale)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -472,12 +480,18 @@ class EZMModel(nn.Module):
         latent = self.represent(obs, task_ids, e)
         return latent, self.predict(latent, task_ids, e)
 
-    def recurrent_training(self, latent: torch.Tensor, action: torch.Tensor, task_ids: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor, PredictionOutput]:
+    def recurrent_training(self, latent: torch.Tensor, action: torch.Tensor, task_ids: torch.Tensor,
+                           latent_grad_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, PredictionOutput]:
         """Training unroll step: latent [B, H], action [B, A], task ids [B] ->
-        (next latent [B, H], reward logits [B, bins], ``PredictionOutput`` at the next latent)."""
+        (next latent [B, H], reward logits [B, bins], ``PredictionOutput`` at the next latent).
+
+        ``latent_grad_scale`` scales the gradient that flows back through the next latent from every
+        reader of it: this step's heads and, through the returned tensor, the next step's dynamics,
+        reward tower and projection. EZ-M uses 0.5 (the release's hook on the unrolled state), so the
+        heads of unroll step k reach the representation at 0.5^k.
+        """
         e = self.embed_task(task_ids)
-        next_latent = self.dynamics(latent, action, task_ids, e)
+        next_latent = scale_gradient(self.dynamics(latent, action, task_ids, e), latent_grad_scale)
         reward_logits = self.reward_logits(latent, action, task_ids, e)
         return next_latent, reward_logits, self.predict(next_latent, task_ids, e)
 

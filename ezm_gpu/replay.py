@@ -30,6 +30,15 @@ per-world notion; a fixed stride breaks as soon as a step does not carry every w
 order. The links cost one int64 per row (~1% of a 177-dim observation row) and K + TD dependent
 gathers of ``[B]`` indices per batch.
 
+A row can start a sample only once its whole **window** exists: the L = K + n transitions after it and
+the observation after them, or its episode's end within them. Targets of a window that reaches past
+the world's newest data would bootstrap from observations that have not happened yet (the release
+never trains on such a window: it stores a block only once it is padded with the next steps). Each
+row has a ``ready`` flag, False when written; ``add`` keeps every world's last L open transitions
+(``world_recent``) and sets the oldest one ready when the world's next transition arrives, or all of
+them when its episode ends. A world's newest L transitions are therefore never sampled; their
+priority is stored all the same and counts once they are ready.
+
 Sampling is the inverse CDF: a float64 cumulative sum of ``priority**alpha`` over the task's recency
 window, ``torch.searchsorted`` of uniform draws from the caller's generator; with replacement (the
 release samples without replacement; at 1e6 rows and ~100 draws per task duplicates are rare).
@@ -123,8 +132,8 @@ class ReplayBatch:
       rewards: [B, L] float32 r_t ... r_{t+L-1} (reward of a_{t+j}).
       obs_mask: [B, L+1] bool, o_{t+j} is a stored observation of the same episode (the final
         observation of an episode counts).
-      step_mask: [B, L] bool, a_{t+j} / r_{t+j} were taken in the episode (step j is not past its end
-        nor past the newest stored transition). step_mask[:, 0] marks valid samples.
+      step_mask: [B, L] bool, a_{t+j} / r_{t+j} were taken in the episode (step j is not past its end;
+        a window never reaches past the newest stored data). step_mask[:, 0] marks valid samples.
       terminal: [B, L+1] bool, o_{t+j} is the final observation of a *terminated* episode (absorbing,
         value 0); always False under EZ-M's protocol, which only truncates.
     """
@@ -173,9 +182,12 @@ class ReplayBuffer:
         self._next = torch.full((rows,), -1, dtype=torch.int64, device=dev)  # stamp of the world's next row
         self._is_step = torch.zeros(rows, dtype=torch.bool, device=dev)  # transition (vs final observation)
         self._terminal = torch.zeros(rows, dtype=torch.bool, device=dev)  # final obs of a terminated episode
+        self._ready = torch.zeros(rows, dtype=torch.bool, device=dev)  # the row's whole window is stored
         self._count = torch.zeros(T, dtype=torch.int64, device=dev)  # rows ever written per task
         self._world_last = torch.full((config.num_worlds,), -1, dtype=torch.int64, device=dev)  # open stamp
         self._world_task = torch.full((config.num_worlds,), -1, dtype=torch.int64, device=dev)
+        # Each world's last L transitions of its open episode, oldest first (-1: none), not yet ready.
+        self._world_recent = torch.full((config.num_worlds, config.window), -1, dtype=torch.int64, device=dev)
 
     # ------------------------------------------------------------------ views and introspection
 
@@ -199,7 +211,8 @@ class ReplayBuffer:
     def memory_bytes(self) -> int:
         """Bytes allocated on the device by the buffer's storage (excludes transient sampling buffers)."""
         tensors = (self._obs, self._action, self._reward, self._priority, self._stamp, self._next,
-                   self._is_step, self._terminal, self._count, self._world_last, self._world_task)
+                   self._is_step, self._terminal, self._ready, self._count, self._world_last, self._world_task,
+                   self._world_recent)
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def memory_summary(self) -> str:
@@ -220,7 +233,8 @@ class ReplayBuffer:
         return {"config": dataclasses.asdict(self.config), "tensors": {
             "obs": self._obs, "action": self._action, "reward": self._reward, "priority": self._priority,
             "stamp": self._stamp, "next": self._next, "is_step": self._is_step, "terminal": self._terminal,
-            "count": self._count, "world_last": self._world_last, "world_task": self._world_task}}
+            "ready": self._ready, "count": self._count, "world_last": self._world_last,
+            "world_task": self._world_task, "world_recent": self._world_recent}}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
@@ -238,6 +252,9 @@ class ReplayBuffer:
                              + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
                              + "; build the buffer with the saved config")
         targets = self.state_dict()["tensors"]
+        if "ready" not in state["tensors"]:
+            raise ValueError("replay state was saved before windows were tracked (no 'ready' rows): it cannot tell "
+                             "which rows have their whole window stored; start the run with an empty replay")
         for name, target in targets.items():
             source = state["tensors"].get(name)
             if not isinstance(source, torch.Tensor) or source.shape != target.shape or source.dtype != target.dtype:
@@ -286,7 +303,8 @@ class ReplayBuffer:
             host. Shapes, dtypes and devices are always checked (no read-back).
 
         New transitions get their task's current maximum stored priority (``initial_priority`` while
-        the task is empty); final observations get 0.
+        the task is empty); final observations get 0. A transition can be sampled once its window is
+        stored (module docstring: ``ready``).
         """
         c = self.config
         if not isinstance(task_ids, torch.Tensor) or task_ids.dim() != 1 or task_ids.shape[0] < 1:
@@ -332,6 +350,7 @@ class ReplayBuffer:
         self._next[flat] = torch.cat([torch.where(done, final_stamp, -1), torch.full_like(final_stamp, -1)])
         self._is_step[flat] = torch.cat([torch.ones_like(done), torch.zeros_like(done)])
         self._terminal[flat] = torch.cat([torch.zeros_like(done), terminated])
+        self._ready[flat] = False
         self._count += onehot.sum(0)
 
         # Link each world's previous open transition (same task, still stored) to its new one.
@@ -341,6 +360,17 @@ class ReplayBuffer:
         self._next[torch.where(linkable, prev_flat, self._sink)] = step_stamp
         self._world_last[world_ids] = torch.where(done, -1, step_stamp)
         self._world_task[world_ids] = task_ids
+
+        # Windows completed by this step: the world's transition L steps back now has its o_{t+L} (this
+        # row's obs); where the episode ended, every open transition's window reaches the final observation.
+        # A world that starts an episode (or changes task) leaves its previous open rows unready for good.
+        recent = torch.where(linkable[:, None], self._world_recent[world_ids], -1)  # [W, L]
+        recent = torch.cat([recent, step_stamp[:, None]], 1)  # [W, L+1], this step's row last
+        completed = torch.cat([recent[:, :1] >= 0, done[:, None].expand(-1, c.window)], 1) & (recent >= 0)
+        rows = task_ids[:, None] * C + recent.remainder(C)
+        completed &= self._stamp[rows] == recent  # still stored
+        self._ready[torch.where(completed, rows, self._sink)] = True
+        self._world_recent[world_ids] = torch.where(done[:, None], -1, recent[:, 1:])
 
     def _validate_add(self, task_ids, obs, action, reward, done, next_obs, terminated, world_ids) -> None:
         c = self.config
@@ -387,7 +417,8 @@ class ReplayBuffer:
 
         stamp_tc = self._tc(self._stamp)
         lo = (self._count - min(c.recency, C)).clamp_min(0)  # oldest sampleable stamp per task
-        eligible = self._tc(self._is_step) & (stamp_tc >= lo[:, None])  # empty slots have stamp -1 < lo
+        # Empty slots have stamp -1 < lo; a row whose window is not stored yet is not ready.
+        eligible = self._tc(self._is_step) & self._tc(self._ready) & (stamp_tc >= lo[:, None])
         weight = torch.where(eligible, self._tc(self._priority).double().pow(c.alpha), 0.0)  # [T, C]
         # float64: a float32 running sum over 1e6 rows loses the small priorities' share entirely.
         cdf = weight.cumsum(1)

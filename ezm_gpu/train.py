@@ -1,9 +1,10 @@
 """``python -m ezm_gpu.train envs=4096``: EZ-M on a task set, entirely on the available device.
 
-The loop, top to bottom: batched search over all worlds → env step → replay insert → updates at the
-replay ratio (reanalysis + loss + Adam, learner.py) → EMA → periodic evaluation, logs, checkpoints.
-A run directory holds ``config.yaml``, ``metrics.csv``, TensorBoard events, ``checkpoints/`` and the
-learning-curve PNG; ``resume=RUN_DIR`` continues from its latest checkpoint.
+The loop, top to bottom: batched search over all worlds → env step → replay insert → the updates due
+by the run's plan (``plan_updates``: a fixed number per env step per task, whatever the number of worlds;
+reanalysis + loss + Adam, learner.py) → EMA → periodic evaluation, logs, checkpoints; after the last
+decision, the final updates. A run directory holds ``config.yaml``, ``metrics.csv``, TensorBoard events,
+``checkpoints/`` and the learning-curve PNG; ``resume=RUN_DIR`` continues from its latest checkpoint.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from .metrics import MetricsLogger, results_table
 from .model import EZMModel
 from .replay import ReplayBuffer, ReplayConfig
 
-__all__ = ["run", "evaluate", "step_repeated", "main", "push_recent_returns", "saturated_tasks", "compose_config", "config_group_options", "CONFIG_GROUPS", "resolve_device", "build_model", "load_run_config", "TrainingDiverged", "KEEP_CHECKPOINTS"]
+__all__ = ["run", "evaluate", "step_repeated", "main", "push_recent_returns", "saturated_tasks", "compose_config", "config_group_options", "CONFIG_GROUPS", "resolve_device", "build_model", "load_run_config", "TrainingDiverged", "KEEP_CHECKPOINTS", "UpdatePlan", "plan_updates"]
 
 KEEP_CHECKPOINTS = 3  # newest checkpoints kept in run_dir/checkpoints
 
@@ -102,15 +103,59 @@ def step_repeated(world, actions: torch.Tensor, repeat: int) -> tuple:
     return next_obs, total, terminated, {"done": done, "final_observation": final, "episode_return": episode_return}
 
 
+@dataclasses.dataclass(frozen=True)
+class UpdatePlan:
+    """How many updates a run makes and when (``plan_updates``); every count is exact."""
+
+    decisions: int  # agent decisions of the run (one step of every world, x action_repeat env steps each)
+    random_decisions: int  # warm-up decisions: uniform-random actions and no updates (start_transitions)
+    collection: int  # updates spread evenly over the decisions after the warm-up
+    final: int  # updates after the last decision
+
+    @property
+    def total(self) -> int:
+        """Every update of the run (the learning-rate decay is placed at 90% of it)."""
+        return self.collection + self.final
+
+    def due(self, decisions: int) -> int:
+        """Collection updates that have run once ``decisions`` decisions are taken: after the j-th decision
+        past the warm-up, ``floor(collection * j / learning decisions)`` (all of them at the last decision
+        when the warm-up fills the run). The final updates come on top, after the last decision."""
+        learning = self.decisions - self.random_decisions
+        if learning == 0:
+            return self.collection if decisions >= self.decisions else 0
+        return self.collection * min(max(decisions - self.random_decisions, 0), learning) // learning
+
+
+def plan_updates(cfg: TrainConfig, per_task_worlds: int) -> UpdatePlan:
+    """The updates of a run: ``round(updates_per_step * steps)`` while collecting, then
+    ``round(final_updates * that)`` at the end.
+
+    The count depends on the env steps per task (``steps``), not on the number of worlds: more worlds
+    per task (``per_task_worlds``, the smallest task's share of ``envs``) take the same env steps in
+    fewer decisions, with more updates after each. Release (spec/ezm.md): medium 0.6 x 1M = 6e5 and hard
+    0.3 x 2M = 6e5, each + 2e4 (final_updates 1/30).
+    """
+    decisions = math.ceil(cfg.steps / (per_task_worlds * cfg.action_repeat))
+    random_decisions = min(decisions, math.ceil(cfg.start_transitions / per_task_worlds))
+    collection = round(cfg.updates_per_step * cfg.steps)
+    return UpdatePlan(decisions=decisions, random_decisions=random_decisions, collection=collection,
+                      final=round(cfg.final_updates * collection))
+
+
 def run(cfg: TrainConfig) -> pathlib.Path:
-    """Trains per ``cfg``; returns the run directory. Raises ConfigError before any work on a bad value."""
+    """Trains per ``cfg``; returns the run directory. Raises ConfigError before any work on a bad value.
+
+    With ``cfg.resume`` set, the run directory's own ``config.yaml`` is the configuration (every other
+    field of ``cfg`` is ignored) and training continues from its latest checkpoint.
+    """
+    if cfg.resume:  # continue with the run's own configuration (only `resume` itself may differ)
+        cfg = dataclasses.replace(load_run_config(pathlib.Path(cfg.resume)), resume=cfg.resume)
     tasks = validate(cfg)
     device = resolve_device(cfg.device)
     import warp as wp
 
     wp.config.quiet = True  # kernel-cache lines would drown the progress bar
-    if cfg.resume:  # continue with the run's own configuration (only `resume` itself may differ)
-        cfg = dataclasses.replace(load_run_config(pathlib.Path(cfg.resume)), resume=cfg.resume)
     run_dir = pathlib.Path(cfg.resume or cfg.out or f"runs/{_run_name(tasks)}-{time.strftime('%Y%m%d-%H%M%S')}")
     resume_from = latest_checkpoint(run_dir / "checkpoints") if cfg.resume else None
     if cfg.resume and resume_from is None:
@@ -123,24 +168,28 @@ def run(cfg: TrainConfig) -> pathlib.Path:
                           ignore_termination=cfg.ignore_termination)
     per_task_worlds = [s.stop - s.start for s in world.slices]
     model = build_model(cfg, world, device)
-    iterations = math.ceil(cfg.steps / (min(per_task_worlds) * cfg.action_repeat))  # agent decisions
-    updates_per_iteration = cfg.envs * cfg.replay_ratio / cfg.batch_size
+    plan = plan_updates(cfg, min(per_task_worlds))
+    iterations = plan.decisions  # agent decisions
     search, search_kwargs = _search(cfg.search), _search_kwargs(cfg.search)
     learner = Learner(model, LearnerConfig(lr=cfg.lr, discount=cfg.search.discount, ema_tau=cfg.ema_tau,
                                            ema_interval=cfg.ema_interval, td_steps=cfg.td_steps,
                                            autocast_dtype=_autocast_dtype(cfg.precision, device),
-                                           total_updates=max(1, int(iterations * updates_per_iteration))),
+                                           total_updates=max(1, plan.total)),
                       search, search_kwargs)
     replay = ReplayBuffer(ReplayConfig(num_tasks=num_tasks, capacity=cfg.replay_capacity, obs_dim=world.obs_dim,
                                        action_dim=world.action_dim, num_worlds=cfg.envs, td_steps=cfg.td_steps,
                                        batch_size=cfg.batch_size // num_tasks * num_tasks), device=device)
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    counters = {"iteration": 0, "updates": 0, "debt": 0.0}
+    # Decisions taken and updates made: the plan's schedule is a function of the decisions, so these two
+    # place a resumed run exactly (mid-decision, or in the final updates after the last decision).
+    counters = {"iteration": 0, "updates": 0}
     # The first non-finite loss (update number, value), kept on the device and read only when a log,
     # evaluation or checkpoint is due: no host sync per update, and never a checkpoint after a NaN.
     divergence = {"update": torch.zeros((), dtype=torch.long, device=device),
                   "loss": torch.zeros((), device=device)}
-    obs = world.reset()
+    # Staggered starts: with hundreds of worlds per task, episodes would otherwise come in a few synchronised
+    # waves (the release's 16 envs per task see theirs spread in time). Credits are whole decisions.
+    obs = world.reset(stagger=cfg.stagger_resets, stagger_multiple=cfg.action_repeat)
     if resume_from is not None:
         state = load_checkpoint(resume_from, map_location=device)
         learner.load_state_dict(state["learner"])
@@ -148,7 +197,7 @@ def run(cfg: TrainConfig) -> pathlib.Path:
             replay.load_state_dict(state["replay"])
         world.load_state_dict(state["envs"])
         restore_rng_state(state["rng"], [generator])
-        counters = state["counters"]
+        counters = {key: int(state["counters"][key]) for key in counters}  # (drops older runs' "debt")
         obs = state["obs"]
         resumed_returns = state["returns"]
     else:
@@ -168,19 +217,34 @@ def run(cfg: TrainConfig) -> pathlib.Path:
 
     stop = {"signal": None}
 
-    def on_signal(signum, frame):  # finish the current iteration, checkpoint, exit
+    def on_signal(signum, frame):  # finish the current update or decision, checkpoint, exit
         stop["signal"] = signum
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     returns = {"sum": torch.zeros(num_tasks, device=device), "count": torch.zeros(num_tasks, device=device),
                "recent": torch.zeros(num_tasks, SATURATION_WINDOW, device=device),  # last finished returns
-               "recent_count": torch.zeros(num_tasks, dtype=torch.long, device=device)}
+               "recent_count": torch.zeros(num_tasks, dtype=torch.long, device=device),
+               # worlds still in a staggered (shortened) first episode: its return is no score
+               "partial": torch.full((cfg.envs,), cfg.stagger_resets, dtype=torch.bool, device=device)}
     if resume_from is not None:
         returns.update(resumed_returns)  # (runs checkpointed before the saturation rings start them fresh)
     progress = _Progress(iterations, counters["iteration"])
     progress.rates(counters["iteration"] * cfg.envs * cfg.action_repeat, counters["updates"])  # starts the clock
+
+    def update_until(target: int) -> None:  # updates until counters["updates"] == target or a signal
+        while counters["updates"] < target and stop["signal"] is None:
+            terms = learner.update(replay, generator)
+            counters["updates"] += 1
+            _record_divergence(divergence, terms["loss"], counters["updates"])
+            if _due(cfg, counters["updates"]):
+                _raise_if_diverged(divergence, run_dir)
+                _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, world, checkpoint, progress)
+
     try:
-        while counters["iteration"] < iterations and stop["signal"] is None:
+        while stop["signal"] is None:
+            update_until(plan.due(counters["iteration"]))  # (first catches up a checkpoint taken mid-decision)
+            if counters["iteration"] == iterations or stop["signal"] is not None:
+                break
             collected = counters["iteration"] * min(per_task_worlds)  # transitions per task
             acting_random = collected < cfg.start_transitions  # same count for every task: host-known
             out = act(learner.ema.copy, obs, world.task_ids, search, generator, random=acting_random,
@@ -188,27 +252,20 @@ def run(cfg: TrainConfig) -> pathlib.Path:
             next_obs, reward, terminated, info = step_repeated(world, out.actions, cfg.action_repeat)
             replay.add(world.task_ids, obs, out.actions, reward, info["done"], info["final_observation"],
                        terminated, validate=False)
-            done = info["done"].float()
-            returns["sum"].index_add_(0, world.task_ids, info["episode_return"] * done)
-            returns["count"].index_add_(0, world.task_ids, done)
-            push_recent_returns(returns["recent"], returns["recent_count"], world.task_ids, info["done"],
+            finished = info["done"] & ~returns["partial"]  # full episodes: their returns count
+            returns["partial"] &= ~info["done"]
+            returns["sum"].index_add_(0, world.task_ids, info["episode_return"] * finished)
+            returns["count"].index_add_(0, world.task_ids, finished.float())
+            push_recent_returns(returns["recent"], returns["recent_count"], world.task_ids, finished,
                                 info["episode_return"])
             obs = next_obs
             counters["iteration"] += 1
             if counters["iteration"] == int(0.4 * iterations):  # episode-length curriculum (release)
                 world.set_time_limit(max(cfg.episode_length, 1000))
-            if not acting_random:
-                counters["debt"] += updates_per_iteration
-                while counters["debt"] >= 1.0:
-                    terms = learner.update(replay, generator)
-                    counters["debt"] -= 1.0
-                    counters["updates"] += 1
-                    _record_divergence(divergence, terms["loss"], counters["updates"])
-                    if _due(cfg, counters["updates"]):
-                        _raise_if_diverged(divergence, run_dir)
-                        _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, world, checkpoint,
-                                  progress)
             progress.update(1)
+        if counters["iteration"] == iterations and counters["updates"] < plan.total and stop["signal"] is None:
+            progress.describe(f"final updates ({plan.final})")
+            update_until(plan.total)  # the final updates, after collection (release: 2e4 after 6e5)
         world.check()
         _raise_if_diverged(divergence, run_dir)
         checkpoint()
@@ -306,13 +363,37 @@ def _due(cfg: TrainConfig, updates: int) -> bool:
 
 
 def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
-    """The TrainConfig a run was started with (run_dir/config.yaml)."""
+    """The TrainConfig a run was started with (run_dir/config.yaml).
+
+    A config written before ``updates_per_step`` replaced ``replay_ratio`` (sampled transitions per env
+    step, i.e. ``envs * replay_ratio / batch_size`` updates per decision after the warm-up) is read with the
+    ``updates_per_step`` that makes the same number of collection updates and ``final_updates: 0``, so such
+    a run evaluates and resumes with the updates it was making (on resume, the learning-rate decay moves to
+    90% of that count: the former planned count also counted the warm-up's decisions).
+    """
     from omegaconf import OmegaConf
 
     path = pathlib.Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: pass a run directory written by ezm_gpu.train")
-    return _from_dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if "replay_ratio" in values:
+        values = _from_replay_ratio(values)
+    return _from_dict(values)
+
+
+def _from_replay_ratio(values: dict) -> dict:
+    """A legacy run config's ``replay_ratio`` as the equivalent ``updates_per_step`` (and no final updates)."""
+    values = dict(values)
+    ratio = values.pop("replay_ratio")
+    cfg = _from_dict({**values, "updates_per_step": 1.0, "final_updates": 0.0})
+    tasks = validate(cfg)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < float("inf"):
+        raise ConfigError(f"invalid replay_ratio={ratio!r} (a legacy run config): a finite number > 0")
+    plan = plan_updates(cfg, cfg.envs // len(tasks))
+    learning = plan.decisions - plan.random_decisions
+    collection = math.floor(learning * cfg.envs * ratio / cfg.batch_size + 1e-6)  # what the old loop made
+    return {**values, "updates_per_step": max(collection, 1) / cfg.steps, "final_updates": 0.0}
 
 
 def _periodic(cfg, counters, terms, returns, metrics, learner, tasks, device, world, checkpoint, progress) -> None:
@@ -355,6 +436,9 @@ class _Progress:
         self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc="decisions x worlds")
         self.last = None
         self.start = time.perf_counter()
+
+    def describe(self, text: str) -> None:
+        self.bar.set_description(text)
 
     def restart_clock(self) -> None:
         self.last = None
@@ -420,6 +504,10 @@ def config_group_options(group: str) -> list[str]:
 def _check_group_choices(overrides: list) -> None:
     for override in overrides:
         key, _, value = override.partition("=")
+        if key.lstrip("+~") == "replay_ratio":
+            raise ConfigError("replay_ratio was replaced by updates_per_step (updates per env step per task while "
+                              "collecting; the task set's budget) and final_updates (updates after collection, "
+                              "as a fraction of those)")
         if key in CONFIG_GROUPS and value not in config_group_options(key):
             raise ConfigError(f"invalid {key}={value!r}: one of {', '.join(config_group_options(key))} "
                               f"(configs/{key}/*.yaml)")
@@ -436,6 +524,16 @@ def compose_config(overrides: list) -> TrainConfig:
     return _from_dict(OmegaConf.to_container(composed, resolve=True))
 
 
+def _check_resume_alone(overrides: list) -> None:
+    """``resume=RUN_DIR`` rebuilds the run from its own config.yaml: any other override would be ignored."""
+    keys = [override.partition("=")[0].lstrip("+~") for override in overrides]
+    resuming = any(k == "resume" and o.partition("=")[2] not in ("", "null") for k, o in zip(keys, overrides))
+    others = [o for k, o in zip(keys, overrides) if k != "resume"]
+    if resuming and others:
+        raise ConfigError(f"resume continues the run's own config (its config.yaml); these keys were given: "
+                          f"{' '.join(others)} (start a new run with out=... to change them)")
+
+
 def main(argv: Optional[list] = None) -> None:
     """Hydra entry point: ``python -m ezm_gpu.train key=value group=option ...`` (configs/train.yaml)."""
     import sys
@@ -444,6 +542,7 @@ def main(argv: Optional[list] = None) -> None:
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     try:
+        _check_resume_alone(overrides)
         cfg = compose_config(overrides)
     except (ConfigError, HydraException) as error:  # e.g. a key that does not exist
         raise SystemExit(f"ezm_gpu.train: {error}")

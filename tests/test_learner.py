@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ezm_gpu.kernels import SearchConfig
-from ezm_gpu.learner import Learner, LearnerConfig, entropy_estimate
+from ezm_gpu.learner import Learner, LearnerConfig, entropy_estimate, unroll
 from ezm_gpu.model import EZMModel, ModelConfig
 from ezm_gpu.replay import ReplayBuffer, ReplayConfig
 
@@ -104,3 +104,36 @@ def test_reanalysis_uses_the_configured_candidates(monkeypatch):
     kwargs, best = seen[0]
     assert kwargs == dict(num_root=2, root_wide=0, child_wide=0)
     assert best.shape == (replay.config.batch_size, LearnerConfig().unroll_steps + 1, ACT)
+
+
+@pytest.mark.parametrize("step", [0, 1, 2, 4])
+def test_step_k_heads_reach_the_representation_at_half_to_the_k(step):
+    """The release hooks ×0.5 on every unrolled latent, which both that step's heads and the next dynamics
+    step read: one step-k head loss sends 0.5^k of its unscaled gradient to the representation. Reference:
+    the same unroll written out with model pieces and no scaling (factors of 0.5 are exact in float32, so
+    the only difference is the order of additions)."""
+    from ezm_gpu.reanalyze import reanalyze
+
+    replay, learner = _filled_replay(), _learner()
+    model = learner.model.train()
+    batch = replay.sample(torch.Generator().manual_seed(2))
+    targets = reanalyze(learner.ema.copy, batch, learner.search, 0.99, 5, 5, 0, torch.Generator().manual_seed(3))
+    captured = []
+    hook = model.rep_blocks.register_forward_hook(
+        lambda module, inputs, output: captured.append(output) if output.requires_grad else None)
+    try:
+        predictions, _ = unroll(model, batch, targets, 5, torch.Generator().manual_seed(4))
+    finally:
+        hook.remove()
+    (representation,) = captured  # the one differentiable representation: ŝ_0
+    weight = torch.randn(predictions.value_logits.shape[1:], generator=torch.Generator().manual_seed(6))
+    (got,) = torch.autograd.grad((predictions.value_logits[step] * weight).sum(), representation)
+
+    tasks = batch.task_ids
+    latent0 = model.represent(batch.obs[:, 0], tasks).detach().requires_grad_(True)
+    latent = latent0
+    for k in range(step):
+        latent = model.dynamics(latent, batch.actions[:, k], tasks)
+    (reference,) = torch.autograd.grad((model.predict(latent, tasks).value_logits * weight).sum(), latent0)
+    assert reference.abs().max() > 0
+    torch.testing.assert_close(got, reference * 0.5 ** step, rtol=1e-5, atol=1e-7)

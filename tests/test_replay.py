@@ -126,12 +126,14 @@ def _check_batch_against_truth(rec: Recorder, batch: ReplayBatch, config: Replay
     return checked
 
 
-def _fill_single_world(buffer, task, n, world=0):
-    """n consecutive transitions of one never-ending episode into `task`; obs[2] = step number."""
+def _fill_single_world(buffer, task, n, world=0, end=True):
+    """n consecutive transitions of one episode into `task`; obs[2] = step number. ``end``: the n-th step
+    ends the episode (its final observation is row n, and every window is complete, so every transition can
+    be sampled); False: the episode is still open (its newest K + n transitions cannot be sampled yet)."""
     for t in range(n):
         buffer.add(torch.tensor([task]), torch.tensor([[world, 0.0, t, 0.0, task]]), torch.zeros(1, ACTION_DIM),
-                   torch.tensor([float(t)]), torch.tensor([False]), torch.zeros(1, OBS_DIM),
-                   world_ids=torch.tensor([world]))
+                   torch.tensor([float(t)]), torch.tensor([end and t == n - 1]),
+                   torch.tensor([[world, 0.0, t + 1, 1.0, task]]), world_ids=torch.tensor([world]))
 
 
 # ------------------------------------------------------------------------------------------ slices
@@ -269,17 +271,60 @@ def test_windows_with_worlds_missing_from_some_steps():
         assert _check_batch_against_truth(rec, buffer.sample(g), config) == 32
 
 
-def test_window_at_newest_transition_is_masked_not_wrapped():
-    config = _config(num_tasks=1, capacity=16, batch_size=64, unroll_steps=3, td_steps=2)
+def test_windows_never_reach_past_the_newest_data():
+    """An open episode's newest L = K + n transitions cannot start a sample (their windows would need
+    observations that have not happened); each becomes sampleable, with its whole window, as the world's
+    next steps arrive, and all of them at once when the episode ends."""
+    config = _config(num_tasks=1, capacity=16, batch_size=64, unroll_steps=3, td_steps=2)  # L = 5
     buffer = ReplayBuffer(config)
-    _fill_single_world(buffer, 0, 20)  # wrapped: stamps 4 … 19 stored
-    buffer.update_priorities(torch.tensor([19 % 16]), torch.tensor([1e6]))  # newest dominates
-    batch = buffer.sample(torch.Generator().manual_seed(0))
+    _fill_single_world(buffer, 0, 20, end=False)  # wrapped: stamps 4 … 19 stored, 15 … 19 incomplete
+    buffer.update_priorities(torch.arange(16), torch.tensor([1.0] * 16))
+    buffer.update_priorities(torch.tensor([19 % 16]), torch.tensor([1e6]))  # the newest would dominate
+    g = torch.Generator().manual_seed(0)
+    starts = set()
+    for _ in range(20):
+        batch = buffer.sample(g)
+        assert batch.valid.all() and batch.step_mask.all() and batch.obs_mask.all()  # complete windows
+        assert torch.equal(batch.obs[:, :, 2], batch.obs[:, :1, 2] + torch.arange(6.0))  # o_t … o_{t+5}
+        starts.update(batch.stamps.tolist())
+    assert starts == set(range(4, 15))
+    buffer.add(torch.tensor([0]), torch.tensor([[0, 0.0, 20, 0.0, 0]]), torch.zeros(1, ACTION_DIM),
+               torch.tensor([20.0]), torch.tensor([False]), torch.zeros(1, OBS_DIM))
+    starts = set().union(*(buffer.sample(g).stamps.tolist() for _ in range(20)))
+    assert starts == set(range(5, 16))  # t = 15 now has o_20; t = 4 was overwritten by the new row
+    buffer.add(torch.tensor([0]), torch.tensor([[0, 0.0, 21, 0.0, 0]]), torch.zeros(1, ACTION_DIM),
+               torch.tensor([21.0]), torch.tensor([True]), torch.tensor([[0, 0.0, 22, 1.0, 0]]))
+    batch = buffer.sample(g)  # the episode ended: 16 … 21 can start windows, which end at o_22 (final)
+    assert batch.valid.all() and 19 in batch.stamps.tolist()
     newest = batch.stamps == 19
-    assert newest.sum() > 50
-    assert batch.step_mask[newest, 0].all() and not batch.step_mask[newest, 1:].any()
-    assert not batch.obs_mask[newest, 1:].any()
-    assert (batch.obs[newest, :, 2] == 19).all()  # padding repeats o_t, never the overwritten slot 3 (t=3)
+    assert batch.step_mask[newest, :3].all() and not batch.step_mask[newest, 3:].any()
+    assert batch.obs_mask[newest, :4].all() and not batch.obs_mask[newest, 4:].any()
+    assert (batch.obs[newest, :4, 2] == torch.tensor([19.0, 20, 21, 22])).all()
+    assert (batch.obs[newest, 4:, 2] == 22).all()  # padding repeats the final observation
+
+
+def test_frontier_targets_bootstrap_only_from_observations_that_happened():
+    """V = 50 everywhere, reward 1 per step, one open episode per world: every sampled window's n-step
+    target, at every unroll step, is Σ_{i<5} γ^i + γ^5 · 50, and every loss mask is set (reward, value,
+    policy, consistency and path consistency all read inside the window). Before the fix, the window at
+    the newest transition got z_t = 1 (a missing o_{t+5} bootstrapped as 0)."""
+    from ezm_gpu.targets import n_step_values
+
+    K, n, gamma = 5, 5, 0.99
+    config = _config(num_tasks=1, capacity=512, batch_size=256, num_worlds=4, unroll_steps=K, td_steps=n)
+    buffer = ReplayBuffer(config)
+    for t in range(40):
+        buffer.add(torch.zeros(4, dtype=torch.long), torch.tensor([[w, 0.0, t, 0.0, 0] for w in range(4)]),
+                   torch.zeros(4, ACTION_DIM), torch.ones(4), torch.zeros(4, dtype=torch.bool), torch.zeros(4, OBS_DIM))
+    newest = buffer.num_added()[0] - 1
+    buffer.update_priorities(newest[None] % 512, torch.tensor([1e6]))  # as new rows enter at max priority
+    batch = buffer.sample(torch.Generator().manual_seed(0))
+    assert batch.valid.all() and batch.step_mask.all() and batch.obs_mask.all()
+    assert (batch.age >= 4 * (K + n)).all()  # each world's newest K + n transitions are not sampled yet
+    values = torch.full(batch.obs_mask.shape, 50.0)
+    z = n_step_values(batch.rewards, values, batch.step_mask, batch.obs_mask, batch.terminal, gamma, n, K)
+    expected = sum(gamma ** i for i in range(n)) + gamma ** n * 50.0
+    torch.testing.assert_close(z, torch.full_like(z, expected))
 
 
 # ------------------------------------------------------------------------------------------ ring wrap-around
@@ -325,16 +370,16 @@ def test_ring_wraparound_drops_oldest_and_keeps_windows_consistent():
 def test_only_the_most_recent_rows_are_sampled():
     config = _config(num_tasks=2, capacity=50, batch_size=128, recency=10)
     buffer = ReplayBuffer(config)
-    _fill_single_world(buffer, 0, 30, world=0)
-    _fill_single_world(buffer, 1, 8, world=1)  # fewer rows than the recency window
+    _fill_single_world(buffer, 0, 30, world=0, end=False)  # rows 25 … 29: windows not complete yet
+    _fill_single_world(buffer, 1, 8, world=1, end=False)  # fewer rows than the recency window
     g = torch.Generator().manual_seed(0)
     starts = {0: set(), 1: set()}
     for _ in range(10):
         batch = buffer.sample(g)
         for task, t in zip(batch.task_ids.tolist(), batch.obs[:, 0, 2].long().tolist()):
             starts[task].add(t)
-    assert starts[0] == set(range(20, 30))
-    assert starts[1] == set(range(8))
+    assert starts[0] == set(range(20, 25))
+    assert starts[1] == set(range(3))
 
 
 # ------------------------------------------------------------------------------------------ priorities
@@ -351,10 +396,10 @@ def test_new_data_enters_at_task_max_priority_and_updates_change_sampling():
     buffer.update_priorities(torch.tensor([0, 1, capacity + 2]), torch.tensor([5.0, 0.25, 3.0]))
     buffer.add(torch.tensor([0, 1]), torch.zeros(2, OBS_DIM), torch.zeros(2, ACTION_DIM), torch.zeros(2),
                torch.tensor([False, True]), torch.zeros(2, OBS_DIM), world_ids=torch.tensor([2, 3]))
-    pr = buffer.priorities()
-    assert pr[0, 4].item() == 5.0  # task 0's max
-    assert pr[1, 4].item() == 3.0  # task 1's max
-    assert pr[1, 5].item() == 0.0  # the final observation row can never be sampled
+    pr = buffer.priorities()  # slot 4 of each task holds the first episode's final observation
+    assert pr[0, 5].item() == 5.0  # task 0's max
+    assert pr[1, 5].item() == 3.0  # task 1's max
+    assert pr[:, 4].eq(0).all() and pr[1, 6].item() == 0.0  # final observation rows can never be sampled
 
     g = torch.Generator().manual_seed(0)
     before = buffer.sample(g)
@@ -366,7 +411,7 @@ def test_new_data_enters_at_task_max_priority_and_updates_change_sampling():
     share_after = (after.indices[S:] == hot).double().mean().item()
     assert share_before < 0.3 and share_after > 0.9
     assert (after.weights[S:][after.indices[S:] != hot] == 1.0).all()  # rare samples weigh the most
-    assert (after.indices[S:] != capacity + 5).all()  # the final observation row never starts a window
+    assert (after.indices[S:] != capacity + 6).all()  # the final observation row never starts a window
     assert (after.indices[:S] // capacity == 0).all()  # task 0 untouched by task 1's update
 
 
@@ -421,8 +466,9 @@ def test_memory_report():
     config = _config(num_tasks=3, capacity=100, obs_dim=7, action_dim=4, num_worlds=5, batch_size=6)
     buffer = ReplayBuffer(config)
     rows = 3 * 100 + 1
-    per_row = 4 * 7 + 4 * 4 + 4 + 4 + 8 + 8 + 1 + 1  # obs, action, reward, priority, stamp, next, 2 flags
-    assert buffer.memory_bytes() == rows * per_row + 3 * 8 + 2 * 5 * 8
+    per_row = 4 * 7 + 4 * 4 + 4 + 4 + 8 + 8 + 1 + 1 + 1  # obs, action, reward, priority, stamp, next, 3 flags
+    window = config.unroll_steps + config.td_steps
+    assert buffer.memory_bytes() == rows * per_row + 3 * 8 + 2 * 5 * 8 + 5 * window * 8
     line = buffer.memory_summary()
     assert "\n" not in line and "MiB" in line and "3 tasks" in line
 
@@ -521,17 +567,17 @@ def test_world_moving_to_another_task_starts_a_new_trajectory():
         buffer.add(torch.tensor([task]), torch.tensor([[world, 0.0, t, 0.0, task]]), torch.zeros(1, ACTION_DIM),
                    torch.zeros(1), torch.tensor([False]), torch.zeros(1, OBS_DIM), world_ids=torch.tensor([world]))
 
-    for t in range(2):  # world 0 in task 0 and world 1 in task 1 both write stamps 0, 1 of their task
+    for t in range(4):  # world 0 in task 0 and world 1 in task 1 both write stamps 0 … 3 of their task
         add(0, 0, t)
         add(1, 1, t)
-    add(0, 1, 2)  # world 0 moves to task 1 without a done; world 1 pauses
-    add(0, 1, 3)
+    for t in range(4, 9):  # world 0 moves to task 1 without a done; world 1 pauses
+        add(0, 1, t)
     batch = buffer.sample(torch.Generator().manual_seed(0))
     obs_mask = batch.obs_mask
-    assert (batch.obs[obs_mask][:, 4].long() == batch.task_ids[:, None].expand_as(obs_mask)[obs_mask]).all()
-    for world, t in ((0, 1), (1, 1)):  # neither the moved world's old row nor world 1's newest links on
-        rows = (batch.obs[:, 0, 0] == world) & (batch.obs[:, 0, 2] == t)
-        assert rows.any()
-        assert batch.step_mask[rows, 0].all() and not obs_mask[rows, 1:].any()
-    moved = (batch.obs[:, 0, 0] == 0) & (batch.obs[:, 0, 2] == 2)
-    assert moved.any() and obs_mask[moved, 1].all() and (batch.obs[moved, 1, 2] == 3).all()
+    assert batch.valid.all() and obs_mask.all()  # only complete windows
+    assert (batch.obs[:, :, 4].long() == batch.task_ids[:, None]).all()  # never across tasks
+    assert (batch.obs[:, :, 0] == batch.obs[:, :1, 0]).all()  # never across worlds
+    starts = {(int(w), int(t)) for w, t in batch.obs[:, 0, :3:2].tolist()}
+    # task 0: world 0's t = 0 has its window o_0 … o_3; t = 1 … 3 never will (the move cut the episode).
+    # task 1: world 1's t = 0 (o_0 … o_3 stored); world 0's t = 4, 5 (o_8 is the newest).
+    assert starts == {(0, 0), (1, 0), (0, 4), (0, 5)}

@@ -33,18 +33,29 @@ def test_candidate_errors():
         sample_candidates(torch.zeros(2), torch.zeros(2), 2, 1)
 
 
-def test_ema_averages_every_interval_and_copies_buffers():
-    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+def test_ema_averages_the_whole_state_dict():
+    """The release averages every entry: weights, BatchNorm statistics, the observation normaliser."""
+    from ezm_gpu.model import RunningObsNorm
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1), RunningObsNorm(1, init_count=100.0))
     with torch.no_grad():
         model[0].weight.fill_(1.0)
     ema = EMA(model, tau=0.25, interval=2)
     with torch.no_grad():
         model[0].weight.fill_(3.0)
         model[1].running_mean.fill_(7.0)
+        model[1].running_var.fill_(5.0)
+        model[1].num_batches_tracked.fill_(9)
+    model[2].update(torch.tensor([[4.0], [6.0]]))  # mean 0 -> 5 * 2/102, count 100 -> 102
     assert not ema.update(model, step=1) and float(ema.copy[0].weight[0, 0]) == 1.0
     assert ema.update(model, step=2)
     assert float(ema.copy[0].weight[0, 0]) == pytest.approx(1.0 + 0.25 * (3.0 - 1.0))  # 1.5
-    assert float(ema.copy[1].running_mean[0]) == 7.0
+    assert float(ema.copy[1].running_mean[0]) == pytest.approx(0.25 * 7.0)  # from 0
+    assert float(ema.copy[1].running_var[0]) == pytest.approx(1.0 + 0.25 * (5.0 - 1.0))  # from 1
+    assert int(ema.copy[1].num_batches_tracked) == 9  # a counter: copied
+    assert float(ema.copy[2].mean[0]) == pytest.approx(0.25 * float(model[2].mean[0]))
+    assert float(ema.copy[2].count) == pytest.approx(100.0 + 0.25 * 2.0)
+    assert ema.copy[2].count.dtype == torch.float64
     assert not any(p.requires_grad for p in ema.copy.parameters())
     clone = EMA(model, tau=0.5, interval=1)
     clone.load_state_dict(ema.state_dict())

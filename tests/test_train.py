@@ -16,9 +16,11 @@ from ezm_gpu.config import SearchSettings, TrainConfig
 from ezm_gpu.metrics import read_metrics
 from ezm_gpu.plot import plot_run
 
+# 30 decisions of 2 worlds per task, the first 10 random; 55 updates over the other 20, then 11 final ones
 SMALL = dict(tasks="cartpole", envs=4, steps=60, preset="cpu", device="cpu", start_transitions=20, batch_size=16,
              replay_capacity=1000, log_interval=2, eval_interval=10_000, checkpoint_interval=5, eval_steps=20,
-             search=SearchSettings(num_simulations=4, num_root_actions=4, root_wide=2))
+             updates_per_step=0.92, final_updates=0.2, search=SearchSettings(num_simulations=4, num_root_actions=4,
+                                                                             root_wide=2))
 
 
 def _train_rows(run_dir):
@@ -44,14 +46,18 @@ def test_bad_config_fails_before_any_work(tmp_path):
 
 
 def test_smoke_run_learns_checkpoints_and_evaluates(tmp_path):
-    run_dir = train.run(TrainConfig(out=str(tmp_path / "run"), **SMALL))
+    cfg = TrainConfig(out=str(tmp_path / "run"), **SMALL)
+    assert train.plan_updates(cfg, per_task_worlds=2) == train.UpdatePlan(decisions=30, random_decisions=10,
+                                                                          collection=55, final=11)
+    run_dir = train.run(cfg)
     rows = _train_rows(run_dir)
     assert len(rows) >= 10 and all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in rows)
     totals = [r["train/total"] for r in rows]
     assert sum(totals[-3:]) / 3 < sum(totals[:3]) / 3  # the loss goes down
     last = latest_checkpoint(run_dir / "checkpoints")
     state = load_checkpoint(last)
-    assert state["counters"]["iteration"] == 30 and state["learner"]["updates"] == state["counters"]["updates"]
+    assert state["counters"] == {"iteration": 30, "updates": 66}  # exactly the plan: 55 + 11 final updates
+    assert state["learner"]["updates"] == 66 and rows[-1]["step"] == 66
     final = read_metrics(run_dir / "metrics.csv")[-1]
     assert {"eval/return/cartpole-balance", "eval/return/cartpole-swingup"} <= set(final)
     assert plot_run(run_dir).stat().st_size > 10_000
@@ -87,25 +93,77 @@ def test_evaluate_averages_side_by_side_episodes_per_task(monkeypatch):
     assert abs(scores["cartpole-balance"] - scores["cartpole-swingup"]) > 1.0
 
 
-def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    whole = train.run(TrainConfig(out=str(tmp_path / "whole"), **SMALL))
+def _interrupt_at(monkeypatch, update):
     periodic = train._periodic
 
-    def interrupt_at_update_12(cfg, counters, *args):
+    def interrupt(cfg, counters, *args):
         periodic(cfg, counters, *args)
-        if counters["updates"] == 12:
-            os.kill(os.getpid(), signal.SIGTERM)  # the handler lets the iteration finish, then checkpoints
+        if counters["updates"] == update:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler lets the update finish, then checkpoints
 
-    monkeypatch.setattr(train, "_periodic", interrupt_at_update_12)
+    monkeypatch.setattr(train, "_periodic", interrupt)
+    return periodic
+
+
+def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Stopped while collecting (update 12, resumed in-process) and during the final updates after the
+    last decision (update 60 of 55 + 11, resumed by the command line): both finish as the whole run did."""
+    whole = train.run(TrainConfig(out=str(tmp_path / "whole"), **SMALL))
+    periodic = _interrupt_at(monkeypatch, 12)
     parted = train.run(TrainConfig(out=str(tmp_path / "parted"), **SMALL))
     stopped = load_checkpoint(latest_checkpoint(parted / "checkpoints"))
-    assert 12 <= stopped["counters"]["updates"] < 40 and stopped["counters"]["iteration"] < 30
+    assert stopped["counters"]["updates"] == 12 and stopped["counters"]["iteration"] < 30
+    monkeypatch.setattr(train, "_periodic", periodic)
+    _interrupt_at(monkeypatch, 60)
+    late = train.run(TrainConfig(out=str(tmp_path / "late"), **SMALL))
+    assert load_checkpoint(latest_checkpoint(late / "checkpoints"))["counters"] == {"iteration": 30, "updates": 60}
     monkeypatch.setattr(train, "_periodic", periodic)
     train.run(dataclasses.replace(TrainConfig(**SMALL), resume=str(parted)))
-    assert _train_rows(parted) == _train_rows(whole)  # same losses, update by update
-    a = load_checkpoint(latest_checkpoint(whole / "checkpoints"))["learner"]["model"]
-    b = load_checkpoint(latest_checkpoint(parted / "checkpoints"))["learner"]["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    result = subprocess.run([sys.executable, "-m", "ezm_gpu.train", f"resume={late}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for run_dir in (parted, late):
+        assert _train_rows(run_dir) == _train_rows(whole)  # same losses, update by update
+        a = load_checkpoint(latest_checkpoint(whole / "checkpoints"))
+        b = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+        assert b["counters"] == a["counters"] == {"iteration": 30, "updates": 66}
+        assert all(torch.equal(a["learner"]["model"][k], b["learner"]["model"][k]) for k in a["learner"]["model"])
+
+
+# One task (not the default set), 4 worlds: 15 decisions, the first 5 random; 30 + 6 updates.
+ONE_TASK = ["tasks=[cartpole-balance]", "envs=4", "preset=cpu", "search=small", "device=cpu", "steps=60",
+            "start_transitions=20", "batch_size=8", "replay_capacity=1000", "log_interval=2", "eval_interval=100000",
+            "checkpoint_interval=5", "eval_steps=10", "updates_per_step=0.5", "final_updates=0.2",
+            "search.num_simulations=4", "search.num_root_actions=4", "search.root_wide=2"]
+
+
+def test_resume_alone_rebuilds_a_non_default_run_from_its_directory(tmp_path, monkeypatch):
+    """``resume=RUN_DIR`` and nothing else: tasks, worlds, preset and every key come from the run's
+    config.yaml (not from the defaults), and the run continues where it stopped."""
+    train.main(ONE_TASK + [f"out={tmp_path / 'whole'}"])
+    periodic = _interrupt_at(monkeypatch, 12)
+    parted = tmp_path / "parted"
+    train.main(ONE_TASK + [f"out={parted}"])
+    stopped = load_checkpoint(latest_checkpoint(parted / "checkpoints"))["counters"]
+    assert stopped["updates"] == 12 and stopped["iteration"] < 15
+    monkeypatch.setattr(train, "_periodic", periodic)
+    saved = (parted / "config.yaml").read_text()
+    used = []
+    validate = train.validate
+    monkeypatch.setattr(train, "validate", lambda cfg: used.append(cfg) or validate(cfg))
+    train.main([f"resume={parted}"])
+    assert used == [dataclasses.replace(train.load_run_config(parted), resume=str(parted))]
+    assert (used[0].tasks, used[0].envs, used[0].preset) == (["cartpole-balance"], 4, "cpu")
+    assert (parted / "config.yaml").read_text() == saved
+    final = load_checkpoint(latest_checkpoint(parted / "checkpoints"))
+    assert final["counters"] == {"iteration": 15, "updates": 36} and final["learner"]["updates"] == 36
+    rows = _train_rows(parted)
+    assert [r["step"] for r in rows] == list(range(2, 37, 2))  # appended after the stop, none twice
+    assert rows == _train_rows(tmp_path / "whole")
+    evals = [k for row in read_metrics(parted / "metrics.csv") for k in row if k.startswith("eval/") and row[k] is not None]
+    assert evals == ["eval/return/cartpole-balance"]
+    with pytest.raises(SystemExit, match=r"resume continues the run's own config \(its config.yaml\); these keys "
+                                         r"were given: envs=8"):
+        train.main([f"resume={parted}", "envs=8"])
 
 
 def test_checkpoints_without_replay_resume_with_an_empty_replay(tmp_path, monkeypatch):
@@ -143,3 +201,53 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
         train.run(TrainConfig(out=str(tmp_path / "nan"), **SMALL))
     good = load_checkpoint(latest_checkpoint(tmp_path / "nan" / "checkpoints"))
     assert good["counters"]["updates"] == 5  # checkpoint_interval 5: the last one before the NaN
+
+
+def test_training_staggers_first_episodes_and_scores_only_full_ones(tmp_path, monkeypatch):
+    """Training resets with staggered starts (credits in whole decisions), and a world's shortened first
+    episode never counts as a return (neither in the logged means nor in the saturation curriculum)."""
+    from ezm_gpu import envs
+
+    resets, steps, pushed = [], [], []
+    reset, step_repeated, push = envs.TaskSet.reset, train.step_repeated, train.push_recent_returns
+
+    def recording_reset(self, *args, **kwargs):
+        obs = reset(self, *args, **kwargs)
+        resets.append((kwargs, torch.cat([env.start_elapsed for env in self.envs])))
+        return obs
+
+    def recording_step(world, actions, repeat):
+        out = step_repeated(world, actions, repeat)
+        if world.num_envs == 16:  # the training worlds (not the final evaluation's)
+            steps.append(out[3]["done"].clone())
+        return out
+
+    def recording_push(recent, recent_count, task_ids, done, episode_return):
+        pushed.append(done.clone())
+        return push(recent, recent_count, task_ids, done, episode_return)
+
+    monkeypatch.setattr(envs.TaskSet, "reset", recording_reset)
+    monkeypatch.setattr(train, "step_repeated", recording_step)
+    monkeypatch.setattr(train, "push_recent_returns", recording_push)
+    cfg = TrainConfig(out=str(tmp_path / "run"), **{**SMALL, "envs": 16, "episode_length": 8, "action_repeat": 2,
+                                                     "steps": 480, "updates_per_step": 0.05,
+                                                     "final_updates": 0.0})  # 30 decisions, 24 updates
+    train.run(cfg)
+    kwargs, credits = resets[0]
+    assert kwargs == {"stagger": True, "stagger_multiple": 2}
+    assert (credits % 2 == 0).all() and len(set(credits.tolist())) > 1  # whole decisions, not one wave
+    done, finished = torch.stack(steps), torch.stack(pushed)  # [decisions, W]
+    first = done.int().argmax(0)  # each world's first episode end
+    worlds = torch.arange(16)
+    assert done[first, worlds].all()
+    assert torch.equal(first, (8 - credits) // 2 - 1)  # after (time limit - credit) / repeat decisions
+    assert not finished[first, worlds].any()  # the shortened first episode is no score
+    later = done.clone()
+    later[first, worlds] = False
+    assert later.any() and torch.equal(finished, later)  # every later episode end counts
+
+    plain = TrainConfig(out=str(tmp_path / "plain"), **{**SMALL, "stagger_resets": False})
+    resets.clear()
+    train.run(plain)
+    assert resets[0][0] == {"stagger": False, "stagger_multiple": 1}
+    assert not resets[0][1].any()

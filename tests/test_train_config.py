@@ -26,7 +26,13 @@ def test_defaults_resolve_the_medium_set():
     (dict(batch_size=8), r"invalid batch_size=8: at least the number of tasks \(9\)"),
     (dict(steps=-1), r"invalid steps=-1"),
     (dict(seed=-3), r"invalid seed=-3: an integer >= 0"),
-    (dict(replay_ratio=0), r"invalid replay_ratio=0: a finite number > 0"),
+    (dict(updates_per_step=0), r"invalid updates_per_step=0: a finite number > 0"),
+    (dict(updates_per_step=float("inf")), r"invalid updates_per_step=inf: a finite number > 0"),
+    (dict(updates_per_step=float("nan")), r"invalid updates_per_step=nan: a finite number > 0"),
+    (dict(updates_per_step=True), r"invalid updates_per_step=True: a finite number > 0"),
+    (dict(final_updates=-0.1), r"invalid final_updates=-0.1: a finite number >= 0"),
+    (dict(final_updates=float("nan")), r"invalid final_updates=nan: a finite number >= 0"),
+    (dict(final_updates=float("inf")), r"invalid final_updates=inf: a finite number >= 0"),
     (dict(lr=float("nan")), r"invalid lr=nan: a finite number > 0"),
     (dict(ema_tau=0.0), r"invalid ema_tau=0.0: a number in \(0, 1\]"),
     (dict(ema_interval=0), r"invalid ema_interval=0: an integer >= 1"),
@@ -101,3 +107,82 @@ def test_top_level_keys_do_not_collide_with_groups():
 def test_bad_group_choice_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
         compose_config([override])
+
+
+# --- the update budget: a fixed number of updates per env step per task, whatever the number of worlds -------
+from ezm_gpu.train import UpdatePlan, load_run_config, plan_updates  # noqa: E402
+
+
+def _plan(overrides):
+    cfg = compose_config(overrides)
+    validate(cfg)
+    return plan_updates(cfg, cfg.envs // len(cfg.tasks))  # the smallest task's worlds (make_set splits evenly)
+
+
+@pytest.mark.parametrize("task_set, steps, batch", [("medium", 1_000_000, 512), ("hard", 2_000_000, 1024)])
+def test_release_sets_plan_the_release_updates_at_any_number_of_worlds(task_set, steps, batch):
+    """spec/ezm.md: 6e5 updates over 1M (medium) or 2M (hard) env steps per task, + 2e4 at the end."""
+    plan = _plan([f"task_set={task_set}", "envs=4096"])
+    assert plan.total == pytest.approx(6.2e5, rel=0.01) and plan.collection == pytest.approx(6e5, rel=0.01)
+    assert compose_config([f"task_set={task_set}"]).steps == steps
+    assert compose_config([f"task_set={task_set}"]).batch_size == batch
+    for envs in (512, 8192):
+        other = _plan([f"task_set={task_set}", f"envs={envs}"])
+        assert (other.collection, other.final) == (plan.collection, plan.final)
+        assert other.decisions != plan.decisions  # the same updates over a different number of decisions
+
+
+def test_the_default_budget_is_the_medium_sets():
+    assert (TrainConfig().updates_per_step, TrainConfig().final_updates) == (0.6, 0.0333333)
+    assert plan_updates(TrainConfig(), 4096 // 9).total == 620_000
+
+
+def test_the_schedule_spreads_the_plan_exactly_over_the_decisions_after_the_warm_up():
+    cfg = TrainConfig(steps=1000, start_transitions=70, updates_per_step=0.37, final_updates=0.25)
+    plan = plan_updates(cfg, per_task_worlds=20)  # 50 decisions, the first 4 random (4 x 20 >= 70)
+    assert plan == UpdatePlan(decisions=50, random_decisions=4, collection=370, final=92)
+    due = [plan.due(i) for i in range(plan.decisions + 1)]
+    assert due[:5] == [0] * 5 and due[-1] == 370 and plan.total == 462
+    steps = [b - a for a, b in zip(due[4:], due[5:])]  # after each of the 46 learning decisions
+    assert set(steps) == {8, 9} and sum(steps) == 370  # even: 370 / 46 = 8.04
+    # action repeat counts env steps: half the decisions, the same updates
+    repeated = plan_updates(dataclasses.replace(cfg, action_repeat=2), per_task_worlds=20)
+    assert (repeated.decisions, repeated.collection) == (25, 370)
+    # a warm-up that fills the run: every collection update comes after the last decision
+    late = plan_updates(dataclasses.replace(cfg, start_transitions=10_000), per_task_worlds=20)
+    assert (late.random_decisions, late.due(49), late.due(50)) == (50, 0, 370)
+
+
+def test_a_legacy_run_config_reads_replay_ratio_as_the_updates_it_made(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ezm_gpu.train import _to_yaml
+
+    cfg = TrainConfig(tasks=["cartpole-balance", "cartpole-swingup"], envs=64, steps=100_000, batch_size=128,
+                      action_repeat=2, preset="cpu")
+    values = OmegaConf.to_container(OmegaConf.create(_to_yaml(cfg)))
+    del values["updates_per_step"], values["final_updates"]
+    values["replay_ratio"] = 20.0  # 64 x 20 / 128 = 10 updates per decision, over 1563 - 32 decisions
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(values))
+    loaded = load_run_config(tmp_path)
+    assert (loaded.updates_per_step, loaded.final_updates) == (15310 / 100_000, 0.0)
+    assert plan_updates(loaded, 32).due(plan_updates(loaded, 32).decisions) == 15310
+    assert dataclasses.replace(loaded, updates_per_step=cfg.updates_per_step, final_updates=cfg.final_updates) == cfg
+
+
+def test_replay_ratio_on_the_command_line_names_its_replacement():
+    with pytest.raises(ConfigError, match="replay_ratio was replaced by updates_per_step"):
+        compose_config(["replay_ratio=20"])
+
+
+@pytest.mark.parametrize("overrides, given", [
+    (["resume=runs/x", "envs=8"], "envs=8"),
+    (["tasks=cartpole", "resume=runs/x", "search=small"], "tasks=cartpole search=small"),
+    (["resume=runs/x", "+model.hidden=4"], r"\+model.hidden=4"),
+])
+def test_resume_takes_no_other_keys(overrides, given):
+    from ezm_gpu.train import main
+
+    with pytest.raises(SystemExit, match=r"resume continues the run's own config \(its config.yaml\); these keys "
+                                         rf"were given: {given} "):
+        main(overrides)
