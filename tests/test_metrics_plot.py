@@ -58,3 +58,35 @@ def test_success_bars_are_humanoidbench_s():
     assert success_bar("h1-balance_simple") == 800 and success_bar("cartpole-balance") == 800
     with pytest.raises(ValueError, match="no success bar for task 'h1-fly'"):
         success_bar("h1-fly")
+
+
+def _fake_run(path, scale):
+    log = MetricsLogger(path, tensorboard=False)
+    for i in range(5):
+        log.log(i, 1000 * i, {"eval/return/cartpole-balance": scale * i, "eval/return/cartpole-swingup": scale * i / 2})
+        log.log(i, 1000 * i + 1, {"loss": 1.0})  # rows without evaluations are skipped
+    log.close()
+    return path
+
+
+def test_several_runs_in_one_plot_and_the_summary(tmp_path):
+    from ezm_gpu.plot import evaluations, summary_table
+
+    a, b = _fake_run(tmp_path / "seed0", 100.0), _fake_run(tmp_path / "seed1", 200.0)
+    assert evaluations(a)["cartpole-swingup"] == [(1000.0 * i, 50.0 * i) for i in range(5)]
+    out = tmp_path / "both.png"
+    result = subprocess.run([sys.executable, "-m", "ezm_gpu.plot", str(a), str(b), "--out", str(out),
+                             "--bar", "cartpole-balance=900", "--bar", "cartpole-swingup=750"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [line.split() for line in summary_table([a, b]).splitlines()[1:]]
+    # run, task, evaluations, final env steps, best, mean of the last three (2, 3, 4 x scale)
+    assert rows[0] == ["seed0", "cartpole-balance", "5", "4000", "400.0", "300.0"]
+    assert rows[3] == ["seed1", "cartpole-swingup", "5", "4000", "400.0", "300.0"]
+    assert result.stdout.splitlines()[1:] == summary_table([a, b]).splitlines()
+    bad = subprocess.run([sys.executable, "-m", "ezm_gpu.plot", str(a), str(b)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "several runs need --out" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "ezm_gpu.plot", str(a), "--bar", "x=high"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "--bar takes TASK=RETURN" in bad.stderr
