@@ -61,6 +61,7 @@ def plot_runs(run_dirs: Sequence[pathlib.Path], out: pathlib.Path,
                           label=name)
         if task in bars:
             axis.axhline(bars[task], color="black", linestyle="--", linewidth=1, label=f"bar {bars[task]:g}")
+            axis.set_ylim(top=max(axis.get_ylim()[1], 1.05 * bars[task]))  # the bar stays inside the panel
         axis.set_title(task)
         axis.set_xlabel("env steps per task")
         axis.set_ylabel("evaluation return")
