@@ -240,10 +240,9 @@ class BatchedEnv:
         """
         if isinstance(stagger_multiple, bool) or not isinstance(stagger_multiple, int) or stagger_multiple < 1:
             raise ValueError(f"stagger_multiple must be an integer >= 1, got {stagger_multiple!r}")
-        elapsed = self._stagger_draw(stagger_multiple) if stagger else None
+        elapsed = self._stagger_draw(stagger_multiple) if stagger else 0  # drawn before the reset counter moves
         self._reset_worlds(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
-        if elapsed is not None:
-            self.start_elapsed.copy_(elapsed)
+        self.start_elapsed += elapsed  # the reset cleared it
         return self.observation()
 
     def _stagger_draw(self, multiple: int = 1) -> torch.Tensor:

@@ -78,6 +78,13 @@ def _positive_int(cfg, key: str, minimum: int = 1):
         _fail(key, value, f"an integer >= {minimum}")
 
 
+def _finite_number(cfg, key: str, zero_allowed: bool):
+    value = getattr(cfg, key)
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or value == float("inf")
+            or not (value >= 0 if zero_allowed else value > 0)):
+        _fail(key, value, "a finite number >= 0" if zero_allowed else "a finite number > 0")
+
+
 def model_config(cfg: TrainConfig, obs_dim: int, action_dim: int, num_tasks: int):
     """The ``ModelConfig`` of ``cfg.preset`` with ``cfg.model``'s fields over it, sized for a task set.
 
@@ -129,12 +136,8 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
         _fail("precision", cfg.precision, "one of " + ", ".join(PRECISIONS))
     _model_config(cfg)
     for key in ("updates_per_step", "lr"):
-        value = getattr(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-            _fail(key, value, "a finite number > 0")
-    value = cfg.final_updates
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
-        _fail("final_updates", value, "a finite number >= 0")
+        _finite_number(cfg, key, zero_allowed=False)
+    _finite_number(cfg, "final_updates", zero_allowed=True)
     if isinstance(cfg.ema_tau, bool) or not isinstance(cfg.ema_tau, (int, float)) or not 0 < cfg.ema_tau <= 1:
         _fail("ema_tau", cfg.ema_tau, "a number in (0, 1]")
     _positive_int(cfg, "ema_interval")
