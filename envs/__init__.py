@@ -5,6 +5,7 @@
   - ``make_set("medium" | "hard" | [task ids], num_envs, ...)``: several tasks as one batch (``TaskSet``).
   - ``resolve_root``: where HumanoidBench's MJCF assets are (argument, $EZM_HUMANOIDBENCH_ROOT, an
     installed humanoid_bench, the user cache, or the pinned download).
+  - ``canonical_device``: the device form used throughout (CUDA with an explicit index).
   - ``rewards``: the tasks' rewards and terminations as pure batched torch functions.
 
 Depends on mujoco, mujoco-warp, warp and torch (tensors only); never imports ezm_gpu's algorithm.
@@ -12,6 +13,7 @@ Depends on mujoco, mujoco-warp, warp and torch (tensors only); never imports ezm
 from . import rewards
 from .assets import AssetsNotFoundError, resolve_root
 from .cartpole import CartpoleEnv
+from .device import canonical_device
 from .env import BatchedEnv, CapacityOverflowError, HumanoidBenchEnv, capacity_for, make
 from .multitask import SUCCESS_BARS, TASK_SETS, TaskSet, make_set, success_bar
 from .scene import CARTPOLE_TASKS, HARD_TASKS, HUMANOIDBENCH_ROBOTS, MEDIUM_TASKS, Capacity, parse_task_id
@@ -35,6 +37,7 @@ __all__ = [
     "CapacityOverflowError",
     "AssetsNotFoundError",
     "resolve_root",
+    "canonical_device",
     "parse_task_id",
     "rewards",
 ]

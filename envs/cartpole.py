@@ -23,12 +23,12 @@ published dm_control suite (``dm_control/suite/cartpole.py`` and ``cartpole.xml`
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import mujoco
 import torch
 
 from . import rewards
+from .device import DeviceLike
 from .env import BatchedEnv, Capacity, hashed_uniform
 from .scene import parse_task_id
 
@@ -105,7 +105,7 @@ class CartpoleEnv(BatchedEnv):
 
     frame_skip = 1  # dm_control: control timestep = physics timestep = 0.01 s
 
-    def __init__(self, task: str, num_envs: int, device: Optional[str] = None, seed: int = 0,
+    def __init__(self, task: str, num_envs: int, device: DeviceLike = None, seed: int = 0,
                  time_limit: int = TIME_LIMIT, ignore_termination: bool = False, root=None,
                  capacity: Capacity = CARTPOLE_CAPACITY):
         if parse_task_id(task).robot != "cartpole":

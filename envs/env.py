@@ -35,6 +35,8 @@ import mujoco
 import torch
 
 from . import rewards
+from .capture import capture_graph, check_graph_driver
+from .device import DeviceLike, canonical_device, check_device, warp_device
 from .scene import HUMANOIDBENCH_ROBOTS, Capacity, TaskId, load_mj_model, parse_task_id, put_warp
 
 __all__ = ["BatchedEnv", "HumanoidBenchEnv", "make", "Capacity", "CapacityOverflowError", "DEFAULT_CAPACITY",
@@ -151,7 +153,7 @@ class BatchedEnv:
 
     frame_skip: int = FRAME_SKIP
 
-    def __init__(self, task: str, num_envs: int, device: Optional[str] = None, seed: int = 0,
+    def __init__(self, task: str, num_envs: int, device: DeviceLike = None, seed: int = 0,
                  time_limit: int = TIME_LIMIT, ignore_termination: bool = False,
                  capacity: Capacity = DEFAULT_CAPACITY):
         self.task: TaskId = parse_task_id(task)
@@ -159,11 +161,9 @@ class BatchedEnv:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         if isinstance(time_limit, bool) or not isinstance(time_limit, int) or time_limit < 1:
             raise ValueError(f"time_limit must be an integer >= 1, got {time_limit!r}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but no CUDA device is available")
-        if self.device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.device = canonical_device(device)  # explicit index: compares equal to its tensors' device
+        if self.device.type == "cuda":
+            check_graph_driver()  # before any allocation: the physics runs as CUDA graphs
         self.num_envs, self.seed = num_envs, int(seed)
         self.time_limit, self.ignore_termination = time_limit, bool(ignore_termination)
         self.capacity = capacity
@@ -172,7 +172,7 @@ class BatchedEnv:
 
         import warp as wp
 
-        self._wp_device = "cpu" if self.device.type == "cpu" else f"cuda:{self.device.index or 0}"
+        self._wp_device = warp_device(self.device)
         self.model, self.data = put_warp(m, num_envs, capacity, device=self._wp_device)
         d, view = self.data, wp.to_torch
         self._qpos, self._qvel, self._ctrl = view(d.qpos), view(d.qvel), view(d.ctrl)
@@ -315,8 +315,7 @@ class BatchedEnv:
                              f"got {list(action.shape)}")
         if not action.is_floating_point():
             raise TypeError(f"action must be a floating-point tensor, got {action.dtype}")
-        if action.device != self.device:
-            raise ValueError(f"action is on {action.device}, the env on {self.device}")
+        check_device(action, self.device, "action", "env")
         if validate:
             nan, overflow = torch.stack([torch.isnan(action).any().int(), self._overflow_seen]).tolist()
             if nan:
@@ -345,22 +344,22 @@ class BatchedEnv:
         return scope
 
     def _physics(self) -> None:
-        """``frame_skip`` physics steps; on CUDA replayed from a captured graph (captured on first use)."""
-        import mujoco_warp as mjw
-        import warp as wp
-
+        """``frame_skip`` physics steps; on CUDA replayed from a captured graph (captured on first use, on
+        its own stream: ``capture.capture_graph``)."""
         if self.device.type != "cuda":
             with self._warp_scope():
-                for _ in range(self.frame_skip):
-                    mjw.step(self.model, self.data)
+                self._record_physics()
             return
         with self._warp_scope():
             if self._graph is None:
-                with wp.ScopedCapture() as capture:
-                    for _ in range(self.frame_skip):
-                        mjw.step(self.model, self.data)
-                self._graph = capture.graph
-            wp.capture_launch(self._graph)
+                self._graph = capture_graph(self.device, self._record_physics)
+            self._graph.launch()
+
+    def _record_physics(self) -> None:
+        import mujoco_warp as mjw
+
+        for _ in range(self.frame_skip):
+            mjw.step(self.model, self.data)
 
     def step(self, action: torch.Tensor, validate: bool = True):
         """One env step (``frame_skip`` physics steps) for every world, with auto-reset.
@@ -482,7 +481,7 @@ class HumanoidBenchEnv(BatchedEnv):
 
     frame_skip = FRAME_SKIP
 
-    def __init__(self, task: str, num_envs: int, device: Optional[str] = None, seed: int = 0,
+    def __init__(self, task: str, num_envs: int, device: DeviceLike = None, seed: int = 0,
                  time_limit: int = TIME_LIMIT, ignore_termination: bool = False, root=None,
                  capacity: Optional[Capacity] = None):
         parsed = parse_task_id(task)
@@ -597,7 +596,7 @@ class HumanoidBenchEnv(BatchedEnv):
         return reward, terminated, terms
 
 
-def make(task: str, num_envs: int, device: Optional[str] = None, seed: int = 0, **kwargs) -> BatchedEnv:
+def make(task: str, num_envs: int, device: DeviceLike = None, seed: int = 0, **kwargs) -> BatchedEnv:
     """One task, ``num_envs`` worlds: ``HumanoidBenchEnv`` for ids like "h1-walk" ("-v0" accepted),
     ``CartpoleEnv`` for "cartpole-balance" / "cartpole-swingup"; kwargs go to the env class."""
     if parse_task_id(task).robot == "cartpole":

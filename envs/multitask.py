@@ -5,6 +5,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .device import DeviceLike
 from .env import make
 from .scene import CARTPOLE_TASKS, HARD_TASKS, MEDIUM_TASKS, parse_task_id
 
@@ -46,7 +47,7 @@ class TaskSet:
       task_ids: [W] int64 task index per world; action_mask: [W, A] bool; obs_dim, action_dim (padded).
     """
 
-    def __init__(self, tasks: Sequence[str], num_envs: int, device: Optional[str] = None, seed: int = 0,
+    def __init__(self, tasks: Sequence[str], num_envs: int, device: DeviceLike = None, seed: int = 0,
                  **env_kwargs):
         tasks = [str(parse_task_id(task)) for task in tasks]
         if not tasks:
@@ -134,7 +135,7 @@ class TaskSet:
             env.check()
 
 
-def make_set(tasks: Union[str, Sequence[str]], num_envs: int, device: Optional[str] = None, seed: int = 0,
+def make_set(tasks: Union[str, Sequence[str]], num_envs: int, device: DeviceLike = None, seed: int = 0,
              **env_kwargs) -> TaskSet:
     """A TaskSet from a set name ("medium", "hard", "cartpole") or a list of task ids."""
     if isinstance(tasks, str):

@@ -14,8 +14,15 @@ dot and end in ``.tmp`` and are never mistaken for checkpoints.
 Reproducibility: ``capture_rng_state`` / ``restore_rng_state`` cover Python's ``random``, NumPy's
 global generator, torch's CPU generator, every CUDA device's generator (when CUDA is available) and the
 caller's own ``torch.Generator`` objects (acting, replay sampling, ...). With those restored along
-with the model, optimiser, EMA and replay, a resumed CPU run repeats the uninterrupted run bit for bit
-(on CUDA, nondeterministic kernels such as atomics-based reductions can still differ).
+with the model, optimiser, EMA and replay, a resumed CPU run repeats the uninterrupted run bit for bit.
+
+On CUDA the state is restored just as exactly, and the package's own scatters are deterministic
+(repeated replay indices keep their largest priority; per-task return sums are fixed-order reductions;
+the search kernels give each tree to one program, no atomics). What can differ is torch's own CUDA
+arithmetic after the resume: the backward of gathers and index_select (atomic adds), and cuBLAS/cuDNN
+kernels chosen per call, round differently from run to run. So a resumed CUDA run continues from exactly
+the saved state, with the same data, counters and RNG streams, but its losses can drift from an
+uninterrupted run's in the last bits and, over many updates, apart; it is the same run statistically.
 """
 from __future__ import annotations
 
@@ -154,7 +161,7 @@ def _siblings_hint(path: Path) -> str:
     return f"; other checkpoints in {path.parent}: {', '.join(others[-3:])}"
 
 
-def load_checkpoint(path: PathLike, map_location: Any = None, weights_only: bool = True) -> dict:
+def load_checkpoint(path: PathLike, map_location: Any = None, weights_only: bool = True, mmap: bool = False) -> dict:
     """Reads a checkpoint written by ``save_checkpoint``; returns the ``state`` dict that was saved.
 
     Args:
@@ -164,6 +171,8 @@ def load_checkpoint(path: PathLike, map_location: Any = None, weights_only: bool
       weights_only: torch's safe unpickler (tensors, containers, numbers, strings). Everything this
         package saves (``Learner``/``ReplayBuffer`` state dicts, ``capture_rng_state``) passes it; set
         False only for a trusted file whose state holds other Python objects.
+      mmap: map the file instead of reading it (with ``map_location="cpu"``): a tensor's bytes are read
+        only when used, so taking the model weights out of a checkpoint skips its replay.
 
     Raises:
       CheckpointNotFoundError: no file at ``path``.
@@ -176,7 +185,7 @@ def load_checkpoint(path: PathLike, map_location: Any = None, weights_only: bool
     if not zipfile.is_zipfile(path):  # save_checkpoint always writes torch's zip container, complete
         raise _corrupt(path, ValueError("not a complete zip container (no end-of-archive record)"))
     try:
-        envelope = torch.load(path, map_location=map_location, weights_only=weights_only)
+        envelope = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except pickle.UnpicklingError as error:
         if weights_only and "weights_only" in str(error).lower():
             raise CheckpointError(

@@ -6,6 +6,7 @@ a bad one fails with the key's dotted name and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Optional
 
 __all__ = ["TrainConfig", "SearchSettings", "validate", "model_config", "ConfigError", "PRESETS", "DEVICES"]
@@ -37,7 +38,7 @@ class TrainConfig:
 
     envs: int = 4096  # total worlds, split evenly across tasks
     tasks: Any = "medium"  # a task-set name (ezm_gpu.envs.TASK_SETS) or a list of task ids
-    device: str = "auto"  # auto | cuda | cpu
+    device: str = "auto"  # auto | cuda | cuda:N | cpu
     seed: int = 0  # seeds envs, model init, sampling
     steps: int = 1_000_000  # env steps per task
     preset: str = "medium"  # model preset: hard | medium | cpu
@@ -130,8 +131,8 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
                 "eval_interval", "eval_steps", "eval_episodes", "checkpoint_interval", "log_interval"):
         _positive_int(cfg, key)
     _positive_int(cfg, "seed", minimum=0)
-    if cfg.device not in DEVICES:
-        _fail("device", cfg.device, "one of " + ", ".join(DEVICES))
+    if cfg.device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(cfg.device)):
+        _fail("device", cfg.device, "one of " + ", ".join(DEVICES) + ", or cuda:N (a GPU index)")
     if cfg.precision not in PRECISIONS:
         _fail("precision", cfg.precision, "one of " + ", ".join(PRECISIONS))
     _model_config(cfg)

@@ -38,9 +38,10 @@ def main(argv=None) -> dict:
         parser.error(str(error))
     device = resolve_device(cfg.device)
     names = validate(cfg)  # a set name or a list, resolved the way training resolved it
-    tasks = envs.make_set(names, len(names), device=str(device))
+    tasks = envs.make_set(names, len(names), device=device)
     model = build_model(cfg, tasks, device)
-    model.load_state_dict(load_checkpoint(path, map_location=device)["learner"]["ema"]["copy"])
+    # Mapped, not read: only the EMA weights' bytes are read (and copied to the device), never the replay.
+    model.load_state_dict(load_checkpoint(path, map_location="cpu", mmap=True)["learner"]["ema"]["copy"])
     scores = evaluate(model.eval(), tasks.tasks, cfg, device, args.seed)
     print(results_table(scores))
     return scores

@@ -55,7 +55,9 @@ from typing import Optional
 
 import torch
 
-__all__ = ["ReplayConfig", "ReplayBatch", "ReplayBuffer"]
+from .envs.device import canonical_device, check_device
+
+__all__ = ["ReplayConfig", "ReplayBatch", "ReplayBuffer", "storage_layout", "storage_bytes"]
 
 
 def _is_int(value) -> bool:
@@ -156,6 +158,34 @@ class ReplayBatch:
         return self.step_mask[:, 0]
 
 
+def storage_layout(config: ReplayConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype, float]]:
+    """The buffer's storage, name -> (shape, dtype, initial value); rows = T * C + 1, the last a sink:
+    writes that must not land anywhere go there (fixed shapes, no host sync)."""
+    rows, worlds = config.num_tasks * config.capacity + 1, config.num_worlds
+    return {
+        "obs": ((rows, config.obs_dim), torch.float32, 0.0),
+        "action": ((rows, config.action_dim), torch.float32, 0.0),
+        "reward": ((rows,), torch.float32, 0.0),
+        "priority": ((rows,), torch.float32, 0.0),
+        "stamp": ((rows,), torch.int64, -1),  # -1: never written
+        "next": ((rows,), torch.int64, -1),  # stamp of the world's next row
+        "is_step": ((rows,), torch.bool, False),  # transition (vs final observation)
+        "terminal": ((rows,), torch.bool, False),  # final obs of a terminated episode
+        "ready": ((rows,), torch.bool, False),  # the row's whole window is stored
+        "count": ((config.num_tasks,), torch.int64, 0),  # rows ever written per task
+        "world_last": ((worlds,), torch.int64, -1),  # open stamp
+        "world_task": ((worlds,), torch.int64, -1),
+        # Each world's last L transitions of its open episode, oldest first (-1: none), not yet ready.
+        "world_recent": ((worlds, config.window), torch.int64, -1),
+    }
+
+
+def storage_bytes(config: ReplayConfig) -> int:
+    """Bytes ``ReplayBuffer(config)`` allocates on its device, computed without allocating."""
+    return sum(math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+               for shape, dtype, _ in storage_layout(config).values())
+
+
 class ReplayBuffer:
     """Per-task prioritised ring buffers on one device (see the module docstring for the layout).
 
@@ -169,25 +199,10 @@ class ReplayBuffer:
         if not isinstance(config, ReplayConfig):
             raise TypeError(f"config must be a ReplayConfig, got {type(config).__name__}")
         self.config = config
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        T, C = config.num_tasks, config.capacity
-        rows = T * C + 1  # the last row is a sink: writes that must not land anywhere go there (fixed shapes)
-        self._sink = T * C
-        dev = self.device
-        self._obs = torch.zeros(rows, config.obs_dim, dtype=torch.float32, device=dev)
-        self._action = torch.zeros(rows, config.action_dim, dtype=torch.float32, device=dev)
-        self._reward = torch.zeros(rows, dtype=torch.float32, device=dev)
-        self._priority = torch.zeros(rows, dtype=torch.float32, device=dev)
-        self._stamp = torch.full((rows,), -1, dtype=torch.int64, device=dev)  # -1: never written
-        self._next = torch.full((rows,), -1, dtype=torch.int64, device=dev)  # stamp of the world's next row
-        self._is_step = torch.zeros(rows, dtype=torch.bool, device=dev)  # transition (vs final observation)
-        self._terminal = torch.zeros(rows, dtype=torch.bool, device=dev)  # final obs of a terminated episode
-        self._ready = torch.zeros(rows, dtype=torch.bool, device=dev)  # the row's whole window is stored
-        self._count = torch.zeros(T, dtype=torch.int64, device=dev)  # rows ever written per task
-        self._world_last = torch.full((config.num_worlds,), -1, dtype=torch.int64, device=dev)  # open stamp
-        self._world_task = torch.full((config.num_worlds,), -1, dtype=torch.int64, device=dev)
-        # Each world's last L transitions of its open episode, oldest first (-1: none), not yet ready.
-        self._world_recent = torch.full((config.num_worlds, config.window), -1, dtype=torch.int64, device=dev)
+        self.device = canonical_device("cpu" if device is None else device)  # compares equal to its tensors' device
+        self._sink = config.num_tasks * config.capacity  # the storage's last row (storage_layout)
+        for name, (shape, dtype, fill) in storage_layout(config).items():
+            setattr(self, f"_{name}", torch.full(shape, fill, dtype=dtype, device=self.device))
 
     # ------------------------------------------------------------------ views and introspection
 
@@ -210,10 +225,7 @@ class ReplayBuffer:
 
     def memory_bytes(self) -> int:
         """Bytes allocated on the device by the buffer's storage (excludes transient sampling buffers)."""
-        tensors = (self._obs, self._action, self._reward, self._priority, self._stamp, self._next,
-                   self._is_step, self._terminal, self._ready, self._count, self._world_last, self._world_task,
-                   self._world_recent)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in self.state_dict()["tensors"].values())
 
     def memory_summary(self) -> str:
         """One line: tasks, capacity and allocated memory, e.g. for the training log."""
@@ -230,11 +242,8 @@ class ReplayBuffer:
         dict (``checkpoint.save_checkpoint``) before the next ``add`` or ``update_priorities``. A buffer
         restored with ``load_state_dict`` samples exactly like this one for the same generator state.
         """
-        return {"config": dataclasses.asdict(self.config), "tensors": {
-            "obs": self._obs, "action": self._action, "reward": self._reward, "priority": self._priority,
-            "stamp": self._stamp, "next": self._next, "is_step": self._is_step, "terminal": self._terminal,
-            "ready": self._ready, "count": self._count, "world_last": self._world_last,
-            "world_task": self._world_task, "world_recent": self._world_recent}}
+        return {"config": dataclasses.asdict(self.config),
+                "tensors": {name: getattr(self, f"_{name}") for name in storage_layout(self.config)}}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
@@ -276,8 +285,7 @@ class ReplayBuffer:
         if not ok:
             wanted = {"int": "an integer", "float": "a floating-point", "bool": "a bool"}[kind]
             raise TypeError(f"{name} must have {wanted} dtype, got {x.dtype}")
-        if x.device != self.device:
-            raise ValueError(f"{name} is on {x.device}, the buffer on {self.device}")
+        check_device(x, self.device, name, "buffer")
         return x.detach()
 
     @torch.no_grad()
@@ -477,9 +485,10 @@ class ReplayBuffer:
             holds that transition, so late updates never touch data written after sampling.
           validate: check ranges and values (reads back to the host).
 
-        Rows that hold no transition (empty, final observation, invalid samples) are left alone. For an
-        index repeated in one call the stored value is one of the given ones (duplicates come from
-        sampling with replacement and carry the same transition's priority).
+        Rows that hold no transition (empty, final observation, invalid samples) are left alone. An index
+        repeated in one call (sampling with replacement) stores the largest of its priorities: a defined
+        result on every device (an indexed assignment lets an unspecified duplicate win on CUDA), and
+        order-independent, so a resumed run stores the same value.
         """
         if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
             raise ValueError("indices must be a 1-D tensor [M]")
@@ -497,4 +506,5 @@ class ReplayBuffer:
         ok = (self._stamp[idx] >= 0) & self._is_step[idx] & (indices >= 0) & (indices < self._sink)
         if stamps is not None:
             ok &= self._stamp[idx] == stamps
-        self._priority[torch.where(ok, idx, self._sink)] = priorities.float()
+        self._priority.scatter_reduce_(0, torch.where(ok, idx, self._sink), priorities.float(), reduce="amax",
+                                       include_self=False)

@@ -38,12 +38,12 @@ class TrainingDiverged(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("invalid device='cuda': no CUDA device is available (use device=cpu or auto)")
-    return torch.device(name)
+    """"auto" -> CUDA when available, else CPU; "cuda" -> the current CUDA device with its index (the
+    form tensors report, see ``envs.canonical_device``); "cuda[:N]" without that GPU is a ConfigError."""
+    try:
+        return envs.canonical_device(None if name == "auto" else name)
+    except ValueError as error:
+        raise ConfigError(f"invalid device={name!r}: {error} (use device=cpu or auto)") from None
 
 
 def _search(settings: SearchSettings) -> SearchConfig:
@@ -61,7 +61,7 @@ def evaluate(model: EZMModel, tasks: list, cfg: TrainConfig, device: torch.devic
     (sampling noise kept, as released); returns task -> mean undiscounted return (until each episode ends)."""
     episode_length, episodes = cfg.eval_steps, cfg.eval_episodes
     # make_set gives each task a contiguous block of worlds: task t owns worlds [t*episodes, (t+1)*episodes)
-    world = envs.make_set(tasks, len(tasks) * episodes, device=str(device), seed=seed,
+    world = envs.make_set(tasks, len(tasks) * episodes, device=device, seed=seed,
                           time_limit=episode_length, ignore_termination=False)
     obs = world.reset()
     generator = torch.Generator(device).manual_seed(seed)
@@ -164,9 +164,10 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     torch.manual_seed(cfg.seed)
 
     # The task set, the model, the learner and the replay.
-    world = envs.make_set(tasks, cfg.envs, device=str(device), seed=cfg.seed, time_limit=cfg.episode_length,
+    world = envs.make_set(tasks, cfg.envs, device=device, seed=cfg.seed, time_limit=cfg.episode_length,
                           ignore_termination=cfg.ignore_termination)
     per_task_worlds = [s.stop - s.start for s in world.slices]
+    task_mask = torch.nn.functional.one_hot(world.task_ids, num_tasks).float()  # [W, T]
     model = build_model(cfg, world, device)
     plan = plan_updates(cfg, min(per_task_worlds))
     iterations = plan.decisions  # agent decisions
@@ -191,15 +192,7 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     # waves (the release's 16 envs per task see theirs spread in time). Credits are whole decisions.
     obs = world.reset(stagger=cfg.stagger_resets, stagger_multiple=cfg.action_repeat)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
-        learner.load_state_dict(state["learner"])
-        if "replay" in state:  # absent when the run checkpoints without it (checkpoint_replay=false)
-            replay.load_state_dict(state["replay"])
-        world.load_state_dict(state["envs"])
-        restore_rng_state(state["rng"], [generator])
-        counters = {key: int(state["counters"][key]) for key in counters}  # (drops older runs' "debt")
-        obs = state["obs"]
-        resumed_returns = state["returns"]
+        counters, obs, resumed_returns = _restore(resume_from, learner, replay, world, generator, counters, device)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(_to_yaml(cfg))
@@ -254,8 +247,10 @@ def run(cfg: TrainConfig) -> pathlib.Path:
                        terminated, validate=False)
             finished = info["done"] & ~returns["partial"]  # full episodes: their returns count
             returns["partial"] &= ~info["done"]
-            returns["sum"].index_add_(0, world.task_ids, info["episode_return"] * finished)
-            returns["count"].index_add_(0, world.task_ids, finished.float())
+            # Per-task sums as reductions over a [W, T] mask: a fixed order on every device (index_add_ on
+            # CUDA adds with atomics, in an order that changes from run to run).
+            returns["sum"] += (task_mask * (info["episode_return"] * finished)[:, None]).sum(0)
+            returns["count"] += (task_mask * finished[:, None]).sum(0)
             push_recent_returns(returns["recent"], returns["recent_count"], world.task_ids, finished,
                                 info["episode_return"])
             obs = next_obs
@@ -281,6 +276,25 @@ def run(cfg: TrainConfig) -> pathlib.Path:
                     {f"eval/return/{t}": v for t, v in scores.items()})
         print(results_table(scores))
     return run_dir
+
+
+def _restore(path: pathlib.Path, learner: Learner, replay: ReplayBuffer, world, generator: torch.Generator,
+             counters: dict, device: torch.device) -> tuple[dict, torch.Tensor, dict]:
+    """Loads a checkpoint into the run's own (device) tensors; returns (counters, obs, returns).
+
+    The file is read to host memory and copied into the tensors built for the run; the loaded state is
+    released when this returns, so the device never holds a second replay (2.75 GB medium, 13.7 GB
+    hard at envs=4096).
+    """
+    state = load_checkpoint(path, map_location="cpu")
+    learner.load_state_dict(state["learner"])
+    if "replay" in state:  # absent when the run checkpoints without it (checkpoint_replay=false)
+        replay.load_state_dict(state["replay"])
+    world.load_state_dict(state["envs"])
+    restore_rng_state(state["rng"], [generator])
+    counters = {key: int(state["counters"][key]) for key in counters}  # (drops older runs' "debt")
+    returns = {key: value.to(device) for key, value in state["returns"].items()}
+    return counters, state["obs"].to(device), returns
 
 
 def build_model(cfg: TrainConfig, world, device: torch.device) -> EZMModel:

@@ -9,7 +9,9 @@ Public API:
 
 Every operation has a pure-torch reference (any device, the CPU path) and, for selection, backup and
 halving, a Triton kernel used automatically for CUDA tensors; pass ``backend="torch"|"triton"`` to
-choose. This package depends on torch and triton only and never imports ezm_gpu's algorithm modules.
+choose. ``kernels.agreement`` defines when a backend agrees with the reference (integer outputs
+identical except after a float32 near-tie: compiled Triton rounds differently). This package depends on
+torch and triton only and never imports ezm_gpu's algorithm modules.
 """
 from .config import HalvingSchedule, SearchConfig, halving_schedule
 from .search import (RecurrentFn, SearchOutput, backup, root_outputs, sampled_gumbel_search,

@@ -6,12 +6,14 @@ schedule), never over trees, and nothing here reads a tensor back to the host.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .config import SearchConfig
 from .tree import Selection, Tree, edge_index, rank_descending
 
-__all__ = ["select", "backup", "sequential_halving", "sigma_terms", "minmax_normaliser", "root_scores"]
+__all__ = ["select", "backup", "sequential_halving", "sigma_terms", "minmax_normaliser", "root_scores", "record_margin"]
 
 
 def minmax_normaliser(tree: Tree, config: SearchConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,10 +67,26 @@ def sigma_terms(config: SearchConfig, tree: Tree, child: torch.Tensor, prior: to
     return sigma, child_visits, completed_q
 
 
+def record_margin(margin: Optional[torch.Tensor], scores: torch.Tensor, decides: torch.Tensor) -> None:
+    """Lowers ``margin`` [B] (in place) to the closest gap between any two of a decision's ``scores`` [B, S]
+    (relative to max(1, |largest score|)), where ``decides`` [B] bool; a no-op when margin is None.
+
+    A decision whose margin is within float32 rounding can go either way on hardware that rounds
+    differently (``kernels.agreement``); every other one is decided the same everywhere.
+    """
+    if margin is None or scores.shape[1] < 2:
+        return
+    ordered = scores.sort(1, descending=True).values
+    gap = (ordered[:, :-1] - ordered[:, 1:]).amin(1) / ordered[:, 0].abs().clamp(min=1.0)
+    margin.copy_(torch.where(decides, torch.minimum(margin, gap), margin))
+
+
 def _interior_step(tree: Tree, config: SearchConfig, node: torch.Tensor, slots: torch.Tensor,
-                   normaliser) -> tuple[torch.Tensor, torch.Tensor]:
+                   normaliser, margin: Optional[torch.Tensor] = None,
+                   going: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """At interior node n ([B, 1] int64; slots = arange(k)): the slot argmax_a [pi'_a - N(c_a) / (1 + N(n))]
-    (ties to the lowest) and the child behind it (-1 if not created), both [B, 1] int64."""
+    (ties to the lowest) and the child behind it (-1 if not created), both [B, 1] int64. With ``margin``,
+    records the decision's closest gap where ``going`` ([B, 1])."""
     edges = (node * tree.num_child_actions + (tree.num_root_actions - tree.num_child_actions)).clamp_(min=0) + slots
     child = tree.edge_child.gather(1, edges)
     prior = tree.edge_prior.gather(1, edges)
@@ -76,20 +94,24 @@ def _interior_step(tree: Tree, config: SearchConfig, node: torch.Tensor, slots: 
     sigma, child_visits, _ = sigma_terms(config, tree, child, prior, tree.edge_policy.gather(1, edges),
                                          parent_visits, tree.node_value_sum.gather(1, node), normaliser)
     score = torch.softmax(prior + sigma, dim=1) - child_visits / (1.0 + parent_visits)
+    if margin is not None:
+        record_margin(margin, score, going[:, 0])
     slot = score.argmax(1, keepdim=True)  # argmax returns the first maximal index
     return slot, child.gather(1, slot)
 
 
-def select(tree: Tree, config: SearchConfig, simulation: int) -> Selection:
+def select(tree: Tree, config: SearchConfig, simulation: int, margin: Optional[torch.Tensor] = None) -> Selection:
     """Selection of simulation s (search.md step 1) for all trees.
 
     Returns the Selection ([B] int64 parent, slot, root_slot, depth, edge) where node s+1 is attached.
+    margin: optional [B] float32, lowered in place by each interior decision's closest gap (``record_margin``).
     """
     schedule = config.schedule(tree.num_root_actions)
-    return select_walk(tree, config, schedule.survivors[simulation], schedule.max_descents[simulation])
+    return select_walk(tree, config, schedule.survivors[simulation], schedule.max_descents[simulation], margin)
 
 
-def select_walk(tree: Tree, config: SearchConfig, num_survivors: int, descents: int) -> Selection:
+def select_walk(tree: Tree, config: SearchConfig, num_survivors: int, descents: int,
+                margin: Optional[torch.Tensor] = None) -> Selection:
     """``select`` given the schedule's survivor count and descent bound for this simulation.
 
     These two integers take a handful of values per search, so a compiled version of this function
@@ -110,7 +132,7 @@ def select_walk(tree: Tree, config: SearchConfig, num_survivors: int, descents: 
     for _ in range(descents):
         going = below >= 0
         node = torch.where(going, below, node)
-        chosen, child = _interior_step(tree, config, node, slots, normaliser)
+        chosen, child = _interior_step(tree, config, node, slots, normaliser, margin, going)
         slot = torch.where(going, chosen, slot)
         depth += going
         below = torch.where(going, child, below)
@@ -164,11 +186,13 @@ def root_scores(tree: Tree, config: SearchConfig) -> tuple[torch.Tensor, torch.T
     return tree.gumbel + prior + sigma, prior + sigma, completed_q
 
 
-def sequential_halving(tree: Tree, config: SearchConfig, simulation: int) -> None:
+def sequential_halving(tree: Tree, config: SearchConfig, simulation: int,
+                       margin: Optional[torch.Tensor] = None) -> None:
     """Sequential halving after simulation s's backup (search.md step 4), in place.
 
     When the static schedule halves at s, ranks the survivors by root score (descending, ties to the
     earlier survivor) and keeps the first floor(m_cur / 2) in that order; otherwise does nothing.
+    margin: optional [B] float32, lowered in place by the ranking's closest gap (``record_margin``).
     """
     schedule = config.schedule(tree.num_root_actions)
     keep, count = schedule.keep[simulation], schedule.survivors[simulation]
@@ -176,6 +200,7 @@ def sequential_halving(tree: Tree, config: SearchConfig, simulation: int) -> Non
         return
     survivors = tree.survivors[:, :count]
     score, _, _ = root_scores(tree, config)
+    record_margin(margin, score.gather(1, survivors), torch.ones_like(survivors[:, 0], dtype=torch.bool))
     rank = rank_descending(score.gather(1, survivors))
     ranked = torch.empty_like(survivors).scatter_(1, rank, survivors)
     tree.survivors[:, :keep] = ranked[:, :keep]

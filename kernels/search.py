@@ -93,12 +93,15 @@ def sequential_halving(tree: Tree, config: SearchConfig, simulation: int, backen
     _ops(resolve_backend(backend, tree.edge_child.device)).sequential_halving(tree, config, simulation)
 
 
-def root_outputs(tree: Tree, config: SearchConfig, root_actions: torch.Tensor) -> SearchOutput:
-    """Outputs of search.md from a searched tree; root_actions [B, K, A]."""
+def root_outputs(tree: Tree, config: SearchConfig, root_actions: torch.Tensor,
+                 margin: Optional[torch.Tensor] = None) -> SearchOutput:
+    """Outputs of search.md from a searched tree; root_actions [B, K, A]. margin: optional [B] float32,
+    lowered in place by the final choice's closest gap (``reference.record_margin``)."""
     schedule = config.schedule(tree.num_root_actions)
     num_root = tree.num_root_actions
     score, pi_prime_scores, completed_q = reference.root_scores(tree, config)
     survivors = tree.survivors[:, :schedule.final_survivors]
+    reference.record_margin(margin, score.gather(1, survivors), torch.ones_like(survivors[:, 0], dtype=torch.bool))
     best = score.gather(1, survivors).argmax(1, keepdim=True)  # first maximum = earliest survivor
     action_index = survivors.gather(1, best)[:, 0]
     child = tree.edge_child[:, :num_root]
@@ -152,8 +155,15 @@ def sampled_gumbel_search(
       A ``SearchOutput``. No host synchronisation happens inside the search and all shapes are fixed.
     """
     _check_inputs(root_embedding, root_value, root_actions, root_prior_logits, gumbel, config, check_finite)
-    chosen = resolve_backend(backend, root_actions.device)
-    ops = _ops(chosen)
+    return _simulate(root_embedding, root_value, root_actions, root_prior_logits, recurrent_fn, config, gumbel,
+                     _ops(resolve_backend(backend, root_actions.device)))
+
+
+def _simulate(root_embedding, root_value, root_actions, root_prior_logits, recurrent_fn, config, gumbel, ops,
+              margin: Optional[torch.Tensor] = None) -> SearchOutput:
+    """The search on checked inputs with one backend's ops; with ``margin`` ([B], reference ops only), every
+    float-ranked decision lowers it to its closest gap (``kernels.agreement``)."""
+    traced = {} if margin is None else {"margin": margin}
     batch, num_root, _ = root_actions.shape
     n, k = config.num_simulations, config.num_child_actions
     if gumbel is None:
@@ -164,7 +174,7 @@ def sampled_gumbel_search(
     node_rows = torch.arange(batch, device=root_actions.device) * (n + 1)  # row offsets into [B * (N+1), ...]
     edge_rows = torch.arange(batch, device=root_actions.device) * tree.num_edges
     for simulation in range(n):
-        selection = ops.select(tree, config, simulation)
+        selection = ops.select(tree, config, simulation, **traced)
         action = tree.edge_action.flatten(0, 1).index_select(0, edge_rows + selection.edge)
         out = recurrent_fn(embeddings.flatten(0, 1).index_select(0, node_rows + selection.parent), action)
         next_embedding, reward, value, child_actions, child_prior_logits = _check_model_outputs(
@@ -172,8 +182,8 @@ def sampled_gumbel_search(
         embeddings[:, simulation + 1] = next_embedding
         expand(tree, simulation, selection, reward, child_actions, child_prior_logits)
         ops.backup(tree, config, simulation, value)
-        ops.sequential_halving(tree, config, simulation)
-    return root_outputs(tree, config, root_actions)
+        ops.sequential_halving(tree, config, simulation, **traced)
+    return root_outputs(tree, config, root_actions, margin)
 
 
 def _describe(t) -> str:

@@ -385,6 +385,27 @@ def test_only_the_most_recent_rows_are_sampled():
 # ------------------------------------------------------------------------------------------ priorities
 
 
+def test_repeated_indices_store_their_largest_priority():
+    """Sampling with replacement repeats rows in one update; the stored value is defined (the largest), not
+    whichever write lands last (unspecified on CUDA; on CPU, the last, which this test rules out)."""
+    capacity = 32
+    buffer = ReplayBuffer(_config(num_tasks=2, capacity=capacity))
+    _fill_single_world(buffer, 0, 4, world=0)
+    _fill_single_world(buffer, 1, 4, world=1)
+    rows = torch.tensor([1, 1, 1, capacity + 2, 0, capacity + 2, 1])
+    given = torch.tensor([5.0, 9.0, 1.0, 0.5, 2.0, 0.25, 3.0])
+    buffer.update_priorities(rows, given)
+    pr = buffer.priorities()
+    assert pr[0, 1].item() == 9.0 and pr[1, 2].item() == 0.5 and pr[0, 0].item() == 2.0
+    assert torch.equal(pr[0, 2:4], torch.ones(2)) and torch.equal(pr[1, :2], torch.ones(2))  # others untouched
+    shuffled = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
+    again = ReplayBuffer(_config(num_tasks=2, capacity=capacity))
+    _fill_single_world(again, 0, 4, world=0)
+    _fill_single_world(again, 1, 4, world=1)
+    again.update_priorities(rows[shuffled], given[shuffled])
+    assert torch.equal(again.priorities(), pr)  # independent of the order of the duplicates
+
+
 def test_new_data_enters_at_task_max_priority_and_updates_change_sampling():
     capacity = 32
     config = _config(num_tasks=2, capacity=capacity, batch_size=256)
@@ -581,3 +602,17 @@ def test_world_moving_to_another_task_starts_a_new_trajectory():
     # task 0: world 0's t = 0 has its window o_0 … o_3; t = 1 … 3 never will (the move cut the episode).
     # task 1: world 1's t = 0 (o_0 … o_3 stored); world 0's t = 4, 5 (o_8 is the newest).
     assert starts == {(0, 0), (1, 0), (0, 4), (0, 5)}
+
+
+def test_storage_bytes_is_what_the_buffer_allocates():
+    """The memory table (benchmarks/memory.py) sizes the 1M-row replays from the layout, without allocating."""
+    from ezm_gpu.replay import storage_bytes
+
+    for config in (_config(), _config(num_tasks=3, capacity=100, obs_dim=7, action_dim=3, num_worlds=5, td_steps=4,
+                                              batch_size=9)):
+        buffer = ReplayBuffer(config)
+        allocated = sum(t.untyped_storage().nbytes() for t in buffer.state_dict()["tensors"].values())
+        assert storage_bytes(config) == buffer.memory_bytes() == allocated
+    big = ReplayConfig(num_tasks=9, capacity=1_000_000, obs_dim=151, action_dim=19, num_worlds=4096, batch_size=513)
+    per_row = 4 * (151 + 19 + 2) + 8 * 2 + 3  # obs, action, reward, priority; stamp, next; three flags
+    assert storage_bytes(big) == per_row * (9_000_001) + 8 * 9 + 8 * 4096 * (2 + big.window)

@@ -1,15 +1,18 @@
 """The training application on the cartpole set: it runs, learns a little, checkpoints, resumes exactly,
 stops on SIGTERM and on a NaN loss, and a saved run evaluates. (Learning itself is a benchmark.)"""
 import dataclasses
+import gc
 import os
 import re
 import signal
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
 
+from ezm_gpu import evaluate as evaluate_cli
 from ezm_gpu import train
 from ezm_gpu.checkpoint import latest_checkpoint, load_checkpoint
 from ezm_gpu.config import SearchSettings, TrainConfig
@@ -45,7 +48,7 @@ def test_bad_config_fails_before_any_work(tmp_path):
         assert not out.exists()
 
 
-def test_smoke_run_learns_checkpoints_and_evaluates(tmp_path):
+def test_smoke_run_learns_checkpoints_and_evaluates(tmp_path, monkeypatch):
     cfg = TrainConfig(out=str(tmp_path / "run"), **SMALL)
     assert train.plan_updates(cfg, per_task_worlds=2) == train.UpdatePlan(decisions=30, random_decisions=10,
                                                                           collection=55, final=11)
@@ -65,6 +68,17 @@ def test_smoke_run_learns_checkpoints_and_evaluates(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert re.search(r"cartpole-balance +[-0-9.]+ +800 ", result.stdout), result.stdout
+    # evaluate maps the checkpoint on the host and copies only the EMA weights to the device
+    loads = []
+    monkeypatch.setattr(evaluate_cli, "load_checkpoint",
+                        lambda path, **kw: loads.append(kw) or load_checkpoint(path, **kw))
+    evaluated = []
+    monkeypatch.setattr(evaluate_cli, "evaluate", lambda model, tasks, *args: evaluated.append(model.state_dict())
+                        or {task: 0.0 for task in tasks})
+    evaluate_cli.main([str(run_dir)])
+    weights = evaluated[0]
+    assert loads == [dict(map_location="cpu", mmap=True)]
+    assert all(torch.equal(weights[k], state["learner"]["ema"]["copy"][k]) for k in weights)
 
 
 def test_evaluate_averages_side_by_side_episodes_per_task(monkeypatch):
@@ -147,10 +161,28 @@ def test_resume_alone_rebuilds_a_non_default_run_from_its_directory(tmp_path, mo
     assert stopped["updates"] == 12 and stopped["iteration"] < 15
     monkeypatch.setattr(train, "_periodic", periodic)
     saved = (parted / "config.yaml").read_text()
+    # The checkpoint is read to host memory and released once copied into the run's tensors: the first
+    # update after the resume finds the loaded replay gone (on a GPU, no second replay for the whole run).
+    loaded, released = [], []
+
+    def load_on_host(path, **kw):
+        state = load_checkpoint(path, **kw)
+        loaded.append((kw, weakref.ref(state["replay"]["tensors"]["obs"])))
+        return state
+
+    def check_released(*args):
+        gc.collect()
+        released.append(loaded[0][1]() is None)
+        periodic(*args)
+
+    monkeypatch.setattr(train, "load_checkpoint", load_on_host)
+    monkeypatch.setattr(train, "_periodic", check_released)
     used = []
     validate = train.validate
     monkeypatch.setattr(train, "validate", lambda cfg: used.append(cfg) or validate(cfg))
     train.main([f"resume={parted}"])
+    assert [kw for kw, _ in loaded] == [dict(map_location="cpu")] and released and all(released)
+    monkeypatch.setattr(train, "_periodic", periodic)
     assert used == [dataclasses.replace(train.load_run_config(parted), resume=str(parted))]
     assert (used[0].tasks, used[0].envs, used[0].preset) == (["cartpole-balance"], 4, "cpu")
     assert (parted / "config.yaml").read_text() == saved
