@@ -366,7 +366,8 @@ class BatchedEnv:
 
         Args:
           action: [num_envs, action_dim] float in [-1, 1] (outside values are clipped); NaN is an error
-            when ``validate``.
+            when ``validate``; without it, a world with a NaN action steps with zero controls and ends
+            diverged (reward 0, truncated, reset).
           validate: read one flag back to check for NaN actions and earlier capacity overflow.
 
         Returns:
@@ -379,13 +380,15 @@ class BatchedEnv:
           ``done`` [W] bool, ``diverged`` [W] bool.
         """
         self._check_action(action, validate)
-        clipped = action.to(torch.float32).clamp(-1.0, 1.0)
+        # A world given a NaN action (validate=False) steps with zero controls and ends as diverged.
+        bad_action = torch.isnan(action).any(1)
+        clipped = torch.where(bad_action[:, None], 0.0, action.to(torch.float32).clamp(-1.0, 1.0))
         self._ctrl.copy_((clipped + 1.0) / 2.0 * (self._ctrl_high - self._ctrl_low) + self._ctrl_low)
         self._physics()
         self._overflow_seen |= (self._overflow != 0).any().int()
         reward, terminated, terms = self._task_step()
         obs = self.observation()
-        diverged = ~torch.isfinite(obs).all(1) | (self._qvel.abs() > EXPLODED_QVEL).any(1)
+        diverged = ~torch.isfinite(obs).all(1) | (self._qvel.abs() > EXPLODED_QVEL).any(1) | bad_action
         reward = torch.where(diverged, 0.0, reward)
         self.bad_world_resets += diverged.sum()
         if self.ignore_termination:

@@ -92,20 +92,24 @@ class Support:
         """Two-hot target distribution of scalars.
 
         Args:
-          x: [...] scalars (task units); values outside [lo, hi] are clipped to the range.
+          x: [...] scalars (task units); values outside [lo, hi] (±inf included) are clipped to the range; NaN
+            gives a row of NaN.
         Returns:
           [..., bins] probabilities (float64 for float64 input, float32 otherwise) (non-negative, summing to 1): mass ``1 - f`` on atom ``i`` and ``f`` on
           atom ``i + 1`` where ``h(x) = atom_i + f·step``. A value exactly on an atom is one-hot.
         """
         x = _compute_dtype(x)
-        pos = ((h(x) - self.h_lo) / self.step).clamp(0.0, self.bins - 1)  # fractional atom index
+        nan = torch.isnan(x)
+        pos = ((h(x) - self.h_lo) / self.step).clamp(0.0, self.bins - 1)  # fractional atom index (inf: an end)
+        pos = torch.where(nan, 0.0, pos)  # NaN has no atom: a valid index here, a NaN row below
         low = pos.floor().clamp(max=self.bins - 2)  # keep low + 1 a valid atom when x sits on the top atom
         frac = pos - low
         low = low.long().unsqueeze(-1)
         target = torch.zeros(x.shape + (self.bins,), dtype=x.dtype, device=x.device)
         target.scatter_(-1, low, (1.0 - frac).unsqueeze(-1))
         target.scatter_add_(-1, low + 1, frac.unsqueeze(-1))
-        return target
+        # A NaN scalar gives a NaN row, so its loss is NaN and the run stops as diverged (never a bad index).
+        return torch.where(nan.unsqueeze(-1), float("nan"), target)
 
     def decode_probs(self, probs: torch.Tensor) -> torch.Tensor:
         """Scalars from distributions over the atoms: h^-1(sum_i p_i atom_i).

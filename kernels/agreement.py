@@ -1,9 +1,9 @@
 """When two search backends agree: integer outputs identical, except at float32 near-ties.
 
 Compiled Triton on a GPU rounds differently from torch and from the interpreter: fp32 division compiles to
-``div.full.f32`` (2 ulp), ``tl.exp`` to ``ex2.approx.f32``, products and sums contract to FMAs, and
-reductions add in another order. Every float-ranked decision of the search (the interior argmax, the
-halving ranking, the final choice) is then taken the same way unless its two closest scores are within
+``div.full.f32`` (2 ulp), ``tl.exp`` to ``ex2.approx.f32``, and reductions add in another order (FMA
+contraction is off: ``enable_fp_fusion=False``). Every float-ranked decision of the search (the interior
+argmax, the halving ranking, the final choice) is then taken the same way unless its two closest scores are within
 that rounding of each other: such a near-tie may break either way, and the tree's later selections,
 visit counts and survivors follow the branch taken. The rule this module defines and the CLI
 (``python -m ezm_gpu.kernels``) applies:

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from .config import SearchConfig
-from .tree import Selection, Tree, edge_index, rank_descending
+from .tree import Selection, Tree, edge_index, nan_to_lowest, rank_descending
 
 __all__ = ["select", "backup", "sequential_halving", "sigma_terms", "minmax_normaliser", "root_scores", "record_margin"]
 
@@ -93,7 +93,7 @@ def _interior_step(tree: Tree, config: SearchConfig, node: torch.Tensor, slots: 
     parent_visits = tree.node_visits.gather(1, node).float()
     sigma, child_visits, _ = sigma_terms(config, tree, child, prior, tree.edge_policy.gather(1, edges),
                                          parent_visits, tree.node_value_sum.gather(1, node), normaliser)
-    score = torch.softmax(prior + sigma, dim=1) - child_visits / (1.0 + parent_visits)
+    score = nan_to_lowest(torch.softmax(prior + sigma, dim=1) - child_visits / (1.0 + parent_visits))
     if margin is not None:
         record_margin(margin, score, going[:, 0])
     slot = score.argmax(1, keepdim=True)  # argmax returns the first maximal index

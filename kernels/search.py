@@ -8,7 +8,7 @@ import torch
 
 from . import reference
 from .config import SearchConfig
-from .tree import Selection, Tree, expand, init_tree
+from .tree import Selection, Tree, expand, init_tree, nan_to_lowest
 
 __all__ = [
     "SearchOutput",
@@ -102,7 +102,7 @@ def root_outputs(tree: Tree, config: SearchConfig, root_actions: torch.Tensor,
     score, pi_prime_scores, completed_q = reference.root_scores(tree, config)
     survivors = tree.survivors[:, :schedule.final_survivors]
     reference.record_margin(margin, score.gather(1, survivors), torch.ones_like(survivors[:, 0], dtype=torch.bool))
-    best = score.gather(1, survivors).argmax(1, keepdim=True)  # first maximum = earliest survivor
+    best = nan_to_lowest(score.gather(1, survivors)).argmax(1, keepdim=True)  # first maximum = earliest survivor
     action_index = survivors.gather(1, best)[:, 0]
     child = tree.edge_child[:, :num_root]
     visit_counts = tree.node_visits.gather(1, child.clamp(min=0)).masked_fill_(child < 0, 0)

@@ -13,7 +13,8 @@ import torch
 
 from .config import SearchConfig
 
-__all__ = ["Tree", "Selection", "init_tree", "expand", "edge_index", "rank_descending", "top_candidates"]
+__all__ = ["Tree", "Selection", "init_tree", "expand", "edge_index", "rank_descending", "top_candidates",
+           "nan_to_lowest"]
 
 _LINK = torch.int64  # node, edge and slot indices: torch's index dtype, so gathers need no conversion
 
@@ -73,6 +74,11 @@ def edge_index(node: torch.Tensor, slot: torch.Tensor, num_root_actions: int,
     return first + slot
 
 
+def nan_to_lowest(scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` with NaN replaced by -inf: the order every ranking and argmax of the search uses."""
+    return torch.where(torch.isnan(scores), float("-inf"), scores)
+
+
 def top_candidates(keys: torch.Tensor, count: int) -> torch.Tensor:
     """Positions of the ``count`` largest keys per row, largest first, ties to the lower position.
 
@@ -86,7 +92,12 @@ def top_candidates(keys: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def rank_descending(keys: torch.Tensor) -> torch.Tensor:
-    """Rank of each key within its row: 0 = largest; ties to the lower position. [B, L] -> [B, L] int64."""
+    """Rank of each key within its row: 0 = largest; ties to the lower position. [B, L] -> [B, L] int64.
+
+    NaN ranks as -inf (last, among the -inf keys by position), so the ranks are always a permutation: a
+    tree with a NaN score can never index outside its candidates (the Triton kernels do the same).
+    """
+    keys = nan_to_lowest(keys)
     length = keys.shape[1]
     pos = torch.arange(length, device=keys.device)
     before = keys[:, None, :] > keys[:, :, None]  # [B, i, j]: key j beats key i

@@ -170,9 +170,10 @@ if triton is not None:
                 parent_visits, parent_value_sum, lo, hi, discount, c_visit, c_scale, value_delta)
             pi_prime = _masked_softmax(prior + sigma, mask)
             score = tl.where(mask, pi_prime - child_visits / (1.0 + parent_visits)[:, None], float("-inf"))
+            score = tl.where(score != score, float("-inf"), score)  # NaN ranks as -inf (tree.nan_to_lowest)
             best = tl.max(score, 1)
             chosen = tl.min(tl.where(score == best[:, None], c[None, :], BLOCK_C), 1)
-            chosen = tl.minimum(chosen, num_child - 1).to(tl.int64)  # a NaN score row matches nothing
+            chosen = tl.minimum(chosen, num_child - 1).to(tl.int64)
             slot = tl.where(going, chosen, slot)
             depth += going.to(tl.int64)
             next_child = tl.load(edge_child_in + row_edges + first + slot, mask=live & going, other=-1)
@@ -260,6 +261,7 @@ if triton is not None:
         in_list = live[:, None] & (j[None, :] < num_survivors)
         survivor = tl.load(survivors_io + tree[:, None] * num_root + j[None, :], mask=in_list, other=0)
         picks = survivor[:, :, None] == j[None, None, :]  # [BB, position, slot]
+        score = tl.where(score != score, float("-inf"), score)  # NaN ranks as -inf (tree.nan_to_lowest)
         key = tl.max(tl.where(picks, score[:, None, :], float("-inf")), 2)  # [BB, position]
         i_pos = j[None, :, None]
         j_pos = j[None, None, :]

@@ -234,6 +234,28 @@ def test_diverged_world_is_reset_and_counted():
     assert torch.isfinite(obs).all()
 
 
+def test_nan_action_without_validation_resets_the_world_as_diverged():
+    """Unvalidated NaN actions (the no-sync training path) must not step on as if they were controls."""
+    env = make("h1-walk", 3, device="cpu", root=ASSETS)
+    env.reset()
+    for _ in range(3):
+        env.step(torch.zeros(3, 19))
+    action = torch.zeros(3, 19)
+    action[2, 4] = float("nan")
+    obs, reward, terminated, truncated, info = env.step(action, validate=False)
+    assert info["diverged"].tolist() == [False, False, True] and truncated.tolist() == [False, False, True]
+    assert float(reward[2]) == 0.0 and int(env.bad_world_resets) == 1 and int(env.episode_length[2]) == 0
+    assert int(info["episode_length"][2]) == 4 and torch.isfinite(obs).all()
+    assert torch.isfinite(env.state_dict()["qvel"]).all()  # the NaN never reached the physics state
+    with pytest.raises(ValueError, match="action contains NaN"):
+        env.step(action)  # validated: refused
+
+
+def test_unknown_device_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"):
+        make("h1-walk", 2, device="tpu", root=ASSETS)
+
+
 def test_contacts_are_grouped_by_world():
     z = _fixture("h1-hurdle")
     env, action = _replay_env("h1-hurdle", z)

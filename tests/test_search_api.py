@@ -155,3 +155,52 @@ def test_inductor_backend_matches_the_reference():
     for name in ("root_value", "completed_q", "action_weights"):
         torch.testing.assert_close(getattr(eager, name), getattr(compiled, name), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(eager.tree.node_value_sum, compiled.tree.node_value_sum, rtol=1e-5, atol=1e-6)
+
+
+class _PoisonedModel(LinearModel):
+    """LinearModel whose reward, value or child prior is NaN for chosen trees (a diverged world model)."""
+
+    def __init__(self, *args, poison: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.poison = poison  # output name -> tree indices
+
+    def __call__(self, latent, action):
+        nxt, reward, value, children, logits = super().__call__(latent, action)
+        nan = float("nan")
+        reward = reward.index_fill(0, torch.tensor(self.poison.get("reward", []), dtype=torch.long), nan)
+        value = value.index_fill(0, torch.tensor(self.poison.get("value", []), dtype=torch.long), nan)
+        logits = logits.index_fill(0, torch.tensor(self.poison.get("prior", []), dtype=torch.long), nan)
+        return nxt, reward, value, children, logits
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_nan_in_one_tree_stays_in_that_tree_and_in_bounds(backend):
+    """A NaN prior, action, reward or value ranks as -inf: the bad trees' outputs are valid slots (no
+    out-of-bounds index, as the pairwise ranks once produced), the other trees are exactly the clean search's,
+    and the torch and Triton paths agree on every integer output."""
+    batch, num_root, config = 12, 8, SearchConfig(num_simulations=12, num_top_actions=8)
+    clean_model = LinearModel(LATENT, ACTION, 2, seed=3)
+    roots = random_roots(batch, num_root, LATENT, ACTION, clean_model, seed=3)
+    poisoned = dict(roots)
+    poisoned["root_prior_logits"] = roots["root_prior_logits"].clone()
+    poisoned["root_prior_logits"][1, 2] = float("nan")  # a root prior
+    poisoned["root_actions"] = roots["root_actions"].clone()
+    poisoned["root_actions"][3, :, 0] = float("nan")  # actions -> NaN latents, rewards, values downstream
+    poisoned["gumbel"] = roots["gumbel"].clone()
+    poisoned["gumbel"][9, 5] = float("nan")
+    model = _PoisonedModel(LATENT, ACTION, 2, seed=3, poison={"reward": [5], "value": [7], "prior": [8]})
+    bad = [1, 3, 5, 7, 8, 9]
+    out = sampled_gumbel_search(**poisoned, recurrent_fn=model, config=config, backend=backend)
+    clean = sampled_gumbel_search(**roots, recurrent_fn=clean_model, config=config, backend=backend)
+    good = [b for b in range(batch) if b not in bad]
+    for name in ("action_index", "visit_counts", "survivors", "considered"):
+        assert torch.equal(getattr(out, name)[good], getattr(clean, name)[good]), name
+    assert bool(((out.action_index >= 0) & (out.action_index < num_root)).all())
+    assert torch.equal(out.visit_counts.sum(1), torch.full((batch,), config.num_simulations, dtype=out.visit_counts.dtype))
+    final = out.survivors[:, :config.schedule(num_root).final_survivors]
+    assert bool(((final >= 0) & (final < num_root)).all())
+    assert all(len(set(row.tolist())) == len(row) for row in final)  # distinct candidates, a permutation's prefix
+    if backend == "triton":
+        reference = sampled_gumbel_search(**poisoned, recurrent_fn=model, config=config, backend="torch")
+        for name in ("action_index", "visit_counts", "survivors"):
+            assert torch.equal(getattr(out, name), getattr(reference, name)), name

@@ -96,3 +96,12 @@ def test_atoms_and_validation():
         Support(1.0, 1.0, 51)
     with pytest.raises(ValueError):
         Support(-1.0, 1.0, 1)
+
+
+def test_two_hot_of_nan_is_a_nan_row_and_infinities_clip():
+    """A NaN value target (a diverged model) must give a NaN loss, never an out-of-range atom index."""
+    support = Support(-10.0, 10.0, 21)
+    target = support.two_hot(torch.tensor([1.0, float("nan"), float("inf"), float("-inf")]))
+    assert torch.isnan(target[1]).all()
+    assert torch.equal(target[0], support.two_hot(torch.tensor([1.0]))[0])
+    assert target[2].argmax() == 20 and target[2].sum() == 1.0 and target[3].argmax() == 0 and target[3].sum() == 1.0

@@ -283,3 +283,22 @@ def test_training_staggers_first_episodes_and_scores_only_full_ones(tmp_path, mo
     train.run(plain)
     assert resets[0][0] == {"stagger": False, "stagger_multiple": 1}
     assert not resets[0][1].any()
+
+
+def test_nan_weights_stop_the_run_as_diverged(tmp_path, monkeypatch):
+    """NaN weights reach acting (NaN actions into the envs), the search and the targets (two_hot of NaN):
+    the run must end with TrainingDiverged, not an index error, and keep its last good checkpoint."""
+    periodic = train._periodic
+
+    def poison_at_update_6(cfg, counters, terms, returns, metrics, learner, *args):
+        periodic(cfg, counters, terms, returns, metrics, learner, *args)
+        if counters["updates"] == 6:  # (a logging update: _periodic runs)
+            with torch.no_grad():
+                for model in (learner.model, learner.ema.copy):
+                    for p in model.parameters():
+                        p.fill_(float("nan"))
+
+    monkeypatch.setattr(train, "_periodic", poison_at_update_6)
+    with pytest.raises(train.TrainingDiverged, match=r"loss became nan at update 7"):
+        train.run(TrainConfig(out=str(tmp_path / "nan"), **SMALL))
+    assert load_checkpoint(latest_checkpoint(tmp_path / "nan" / "checkpoints"))["counters"]["updates"] == 5
