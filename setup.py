@@ -21,7 +21,7 @@ setup(
         "ezm_gpu.envs": "envs",
         "ezm_gpu.configs": "configs",
     },
-    package_data={"ezm_gpu.configs": ["*.yaml", "*/*.yaml"]},
+    package_data={"ezm_gpu.configs": ["*.yaml", "*/*.yaml"], "ezm_gpu.envs": ["asset_manifest.sha256"]},
     include_package_data=True,
     install_requires=[
         # A range, never a pin: 2.13 (the CPU wheel CI installs first) satisfies it, so pip keeps it.

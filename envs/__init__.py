@@ -13,7 +13,7 @@ Depends on mujoco, mujoco-warp, warp and torch (tensors only); never imports ezm
 from . import rewards
 from .assets import AssetsNotFoundError, resolve_root
 from .cartpole import CartpoleEnv
-from .device import canonical_device
+from .device import canonical_device, silence_warp
 from .env import BatchedEnv, CapacityOverflowError, HumanoidBenchEnv, capacity_for, make
 from .multitask import SUCCESS_BARS, TASK_SETS, TaskSet, make_set, success_bar
 from .scene import CARTPOLE_TASKS, HARD_TASKS, HUMANOIDBENCH_ROBOTS, MEDIUM_TASKS, Capacity, parse_task_id
@@ -38,6 +38,7 @@ __all__ = [
     "AssetsNotFoundError",
     "resolve_root",
     "canonical_device",
+    "silence_warp",
     "parse_task_id",
     "rewards",
 ]

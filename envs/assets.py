@@ -31,6 +31,8 @@ ROOT_ENV = "EZM_HUMANOIDBENCH_ROOT"
 URL_ENV = "EZM_HUMANOIDBENCH_URL"  # another archive location (a mirror, or a local file:// path)
 SHA256_ENV = "EZM_HUMANOIDBENCH_SHA256"  # optional pin of the archive's sha256
 _MARKER = pathlib.Path("humanoid_bench", "assets", "envs", "h1_pos_walk.xml")  # present in every usable root
+MANIFEST = pathlib.Path(__file__).with_name("asset_manifest.sha256")  # every asset file's sha256 at the commit
+MAX_ARCHIVE_BYTES = 512 * 2**20  # the archive is ~10x smaller; a larger download is not HumanoidBench
 _ASSETS = ("humanoid_bench", "assets")
 
 
@@ -109,22 +111,54 @@ def _explain(tried: list, extra: Optional[str]) -> str:
             f"root=..., or allow the download (network access to {ARCHIVE_URL}; {URL_ENV} names a mirror).")
 
 
+def read_manifest(path: pathlib.Path = MANIFEST) -> dict[str, str]:
+    """The shipped manifest: asset path (from the asset root, POSIX) -> sha256 hex digest."""
+    entries = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            digest, _, rel = line.partition("  ")
+            entries[rel] = digest
+    return entries
+
+
+def verify_assets(root: pathlib.Path, manifest: dict[str, str]) -> None:
+    """Raises ValueError unless ``root/humanoid_bench/assets`` holds exactly the manifest's files, each with
+    its sha256 (archives of a commit are not byte-stable; their content is)."""
+    found = {p.relative_to(root).as_posix() for p in (root / pathlib.Path(*_ASSETS)).rglob("*") if p.is_file()}
+    missing, extra = sorted(set(manifest) - found), sorted(found - set(manifest))
+    if missing or extra:
+        raise ValueError(f"the archive's assets differ from HumanoidBench at {HUMANOIDBENCH_COMMIT[:12]}: "
+                         f"{len(missing)} file(s) missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})")
+    for rel, digest in manifest.items():
+        actual = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+        if actual != digest:
+            raise ValueError(f"{rel} has sha256 {actual}, HumanoidBench at {HUMANOIDBENCH_COMMIT[:12]} has {digest}")
+
+
 def download_assets(url: str, destination: pathlib.Path, sha256: Optional[str] = None,
-                    timeout: float = 60.0) -> pathlib.Path:
+                    timeout: float = 60.0, max_bytes: Optional[int] = None) -> pathlib.Path:
     """Downloads HumanoidBench's source archive and installs its assets as ``destination``, atomically.
 
-    The archive is fetched to a temporary file next to the cache, checked (optional sha256 pin, gzip
-    tar, only regular files and folders, no absolute or ``..`` paths, the pinned commit's layout), its
-    ``humanoid_bench/assets`` tree unpacked into a temporary folder, and that folder renamed into
-    place. Returns ``destination``.
+    The archive is fetched to a temporary file next to the cache (at most ``max_bytes``, default
+    ``MAX_ARCHIVE_BYTES``), checked
+    (optional sha256 pin, gzip tar, only regular files and folders, no absolute or ``..`` paths), its
+    ``humanoid_bench/assets`` tree unpacked into a temporary folder and verified file by file against
+    the shipped manifest (``verify_assets``), and only then renamed into place. Returns ``destination``.
     """
     destination = pathlib.Path(destination)
+    max_bytes = MAX_ARCHIVE_BYTES if max_bytes is None else max_bytes
     destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".partial-") as tmp:
         archive = pathlib.Path(tmp, "archive.tar.gz")
-        digest = hashlib.sha256()
+        digest, size = hashlib.sha256(), 0
         with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as out:
+            announced = response.headers.get("Content-Length") if hasattr(response, "headers") else None
+            if announced is not None and announced.isdigit() and int(announced) > max_bytes:
+                raise ValueError(f"the archive is {int(announced):,} bytes, over the {max_bytes:,}-byte cap")
             for chunk in iter(lambda: response.read(1 << 20), b""):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ValueError(f"the archive exceeds the {max_bytes:,}-byte cap")
                 digest.update(chunk)
                 out.write(chunk)
         if sha256 and digest.hexdigest() != sha256.lower():
@@ -133,6 +167,7 @@ def download_assets(url: str, destination: pathlib.Path, sha256: Optional[str] =
         _unpack_assets(archive, staging)
         if not _usable(staging):
             raise ValueError(f"the archive has no {_MARKER}: not HumanoidBench at {HUMANOIDBENCH_COMMIT[:12]}")
+        verify_assets(staging, read_manifest())
         try:
             os.replace(staging, destination)  # atomic on one file system
         except OSError:

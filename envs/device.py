@@ -11,7 +11,7 @@ from typing import Union
 
 import torch
 
-__all__ = ["canonical_device", "warp_device", "check_device"]
+__all__ = ["canonical_device", "warp_device", "check_device", "silence_warp"]
 
 DeviceLike = Union[str, torch.device, None]
 
@@ -55,3 +55,12 @@ def check_device(tensor: torch.Tensor, device: torch.device, name: str, owner: s
     """Raises ValueError when ``tensor`` is not on ``device`` (canonical), naming both."""
     if tensor.device != device:
         raise ValueError(f"{name} is on {tensor.device}, the {owner} on {device}")
+
+
+def silence_warp() -> None:
+    """No Warp banner or per-module "load on device ... took ... ms" lines (Warp 1.19 prints those at log
+    level INFO whatever ``config.quiet`` says); warnings and errors still print."""
+    import warp as wp
+
+    wp.config.quiet = True
+    wp.config.log_level = wp.LOG_WARNING

@@ -48,6 +48,8 @@ __all__ = [
     "CheckpointNotFoundError",
     "save_checkpoint",
     "load_checkpoint",
+    "rotate_checkpoints",
+    "sweep_temporaries",
     "checkpoint_path",
     "latest_checkpoint",
     "capture_rng_state",
@@ -105,6 +107,33 @@ def latest_checkpoint(run_dir: PathLike) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
+def rotate_checkpoints(run_dir: PathLike, newest: PathLike, keep: int) -> list[Path]:
+    """Deletes checkpoints older than ``newest`` (lower update count) beyond the ``keep - 1`` most recent of
+    them, so ``newest`` and its ``keep - 1`` predecessors remain; returns the deleted paths. A checkpoint
+    with a higher update count than ``newest`` is never touched (it is not older)."""
+    newest = Path(newest)
+    match = _NAME.match(newest.name)
+    if match is None:
+        raise ValueError(f"{newest} is not named like a checkpoint (checkpoint_<updates>.pt)")
+    older = [path for updates, path in _checkpoints(Path(run_dir)) if updates < int(match.group(1))]
+    doomed = older[:max(0, len(older) - (keep - 1))]
+    for path in doomed:
+        path.unlink()
+    return doomed
+
+
+def sweep_temporaries(directory: PathLike) -> list[Path]:
+    """Removes the temporary files of checkpoint writes that never finished (a process killed mid-write);
+    returns them. Only ``save_checkpoint``'s own pattern (``.<name>.pt.<random>.tmp``) is matched."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    swept = [entry for entry in directory.glob(".*.pt.*.tmp") if entry.is_file()]
+    for entry in swept:
+        entry.unlink(missing_ok=True)
+    return swept
+
+
 def _fsync_dir(directory: Path) -> None:
     """Makes a rename in ``directory`` durable (POSIX); directories cannot be opened on Windows."""
     try:
@@ -136,6 +165,7 @@ def save_checkpoint(path: PathLike, state: dict) -> Path:
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(path.parent)  # left by a writer killed mid-write (one writer per run directory)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
@@ -184,6 +214,7 @@ def load_checkpoint(path: PathLike, map_location: Any = None, weights_only: bool
                                       "latest_checkpoint(run_dir)")
     if not zipfile.is_zipfile(path):  # save_checkpoint always writes torch's zip container, complete
         raise _corrupt(path, ValueError("not a complete zip container (no end-of-archive record)"))
+    _verify_checksums(path)
     try:
         envelope = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except pickle.UnpicklingError as error:
@@ -208,6 +239,18 @@ def load_checkpoint(path: PathLike, map_location: Any = None, weights_only: bool
         raise CheckpointError(f"checkpoint {path} has format version {envelope.get('version')!r}, this code reads "
                               f"version {_VERSION}; load it with the ezm_gpu version that wrote it")
     return envelope["state"]
+
+
+def _verify_checksums(path: Path) -> None:
+    """Every record of the zip container against the CRC-32 written with it (torch.load does not check
+    them, so bytes changed inside a tensor would otherwise load silently)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise _corrupt(path, error) from error
+    if damaged is not None:
+        raise _corrupt(path, ValueError(f"record {damaged!r} fails its CRC-32 check"))
 
 
 def _corrupt(path: Path, error: BaseException) -> CheckpointError:

@@ -31,9 +31,11 @@ def main(argv=None) -> dict:
             if args.episodes < 1:
                 raise ConfigError(f"invalid --episodes={args.episodes}: an integer >= 1")
             cfg = dataclasses.replace(cfg, eval_episodes=args.episodes)
-        path = latest_checkpoint(args.run_dir / "checkpoints")
+        folder = args.run_dir / "checkpoints"
+        path = latest_checkpoint(folder) if folder.is_dir() else None
         if path is None:
-            raise ConfigError(f"{args.run_dir / 'checkpoints'} holds no checkpoint yet")
+            raise ConfigError(f"{args.run_dir} has no checkpoint yet (a run writes one every checkpoint_interval "
+                              "updates and when it stops); evaluate it once one is written")
     except (ConfigError, FileNotFoundError) as error:
         parser.error(str(error))
     device = resolve_device(cfg.device)

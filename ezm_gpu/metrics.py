@@ -9,6 +9,7 @@ from typing import Mapping, Optional
 __all__ = ["MetricsLogger", "read_metrics", "results_table", "CSV_NAME"]
 
 CSV_NAME = "metrics.csv"
+INTEGER_COLUMNS = ("step", "env_steps")  # update count and env steps per task: written as integers
 
 
 class MetricsLogger:
@@ -19,16 +20,27 @@ class MetricsLogger:
     killed run keeps everything logged before it.
     """
 
-    def __init__(self, run_dir: os.PathLike | str, tensorboard: bool = True):
+    def __init__(self, run_dir: os.PathLike | str, tensorboard: bool = True,
+                 resume_at: Optional[tuple[int, int]] = None):
+        """``resume_at``: (update, env_steps) of the checkpoint a run resumes from; rows and TensorBoard
+        events logged after it (by a process killed before its next checkpoint) are dropped, so the
+        resumed run does not log them twice."""
         self.path = pathlib.Path(run_dir) / CSV_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._rows = read_metrics(self.path) if self.path.exists() else []
-        self._fields = list(dict.fromkeys(k for row in self._rows for k in row)) or ["step", "env_steps"]
+        rows = read_metrics(self.path) if self.path.exists() else []
+        for row in rows:  # the counters are integers, whatever the CSV held
+            row.update({key: int(row[key]) for key in INTEGER_COLUMNS if row.get(key) is not None})
+        self._rows = [row for row in rows if resume_at is None or row["step"] <= resume_at[0]]
+        self._fields = list(dict.fromkeys(k for row in rows for k in row)) or ["step", "env_steps"]
+        if len(self._rows) < len(rows):
+            self._rewrite()
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
+            # purge_step: TensorBoard hides the events at or after it that an earlier process wrote
+            purge = None if resume_at is None else resume_at[1] + 1
+            self._writer = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"), purge_step=purge)
 
     def log(self, step: int, env_steps: int, values: Mapping[str, float]) -> None:
         """One row at update ``step`` / ``env_steps`` total env steps; values are floats (host numbers)."""
@@ -62,7 +74,25 @@ class MetricsLogger:
 def read_metrics(path: os.PathLike | str) -> list[dict[str, Optional[float]]]:
     """Rows of a metrics CSV as dicts of floats (None where a row has no value for a column)."""
     with open(path, newline="") as f:
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    parsed = []
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            parsed.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+        except (TypeError, ValueError):
+            bad = next(k for k, v in row.items() if not _is_number(v))
+            raise ValueError(f"{path}, line {number}: column {bad!r} holds {row[bad]!r}, not a number") from None
+    return parsed
+
+
+def _is_number(text) -> bool:
+    if text in ("", None):
+        return True
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def results_table(scores: Mapping[str, float]) -> str:

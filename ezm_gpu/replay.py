@@ -180,6 +180,9 @@ def storage_layout(config: ReplayConfig) -> dict[str, tuple[tuple[int, ...], tor
     }
 
 
+_ROW_STORAGE = ("obs", "action", "reward", "priority", "stamp", "next", "is_step", "terminal", "ready")  # [T*C+1, ...]
+
+
 def storage_bytes(config: ReplayConfig) -> int:
     """Bytes ``ReplayBuffer(config)`` allocates on its device, computed without allocating."""
     return sum(math.prod(shape) * torch.empty((), dtype=dtype).element_size()
@@ -245,12 +248,31 @@ class ReplayBuffer:
         return {"config": dataclasses.asdict(self.config),
                 "tensors": {name: getattr(self, f"_{name}") for name in storage_layout(self.config)}}
 
+    def checkpoint_state(self) -> dict:
+        """Like ``state_dict()``, but the per-row storage holds only the rows written so far, on the host:
+        {"config", "filled": [T] rows kept per task (slots 0..filled-1), "rows": {name: [sum(filled), ...]},
+        "tensors": the per-task and per-world state}. A checkpoint of a run that filled 3k rows of a 1M-row
+        buffer is then 3k rows, not 1M. Reads the fill counts back to the host (a checkpoint, not the hot loop).
+        """
+        filled = self.size().tolist()
+        rows, per_world = {}, {}
+        for name in storage_layout(self.config):
+            storage = getattr(self, f"_{name}")
+            if name in _ROW_STORAGE:
+                rows[name] = torch.cat([self._tc(storage)[t, :count].to("cpu") for t, count in enumerate(filled)])
+            else:
+                per_world[name] = storage
+        return {"config": dataclasses.asdict(self.config), "filled": filled, "rows": rows, "tensors": per_world}
+
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        """Copies ``state_dict()``'s output into this buffer's storage (on this buffer's device).
+        """Copies ``state_dict()``'s or ``checkpoint_state()``'s output into this buffer's storage (on this
+        buffer's device); rows a checkpoint state does not hold are empty, as in a new buffer.
 
         The configs must match (a different capacity or task count would reinterpret every slot).
         """
+        if isinstance(state, dict) and "filled" in state:
+            state = self._expand(state)
         saved = state.get("config") if isinstance(state, dict) else None
         if not isinstance(saved, dict) or not isinstance(state.get("tensors"), dict):
             raise ValueError("replay state must be ReplayBuffer.state_dict()'s output ({'config', 'tensors'})")
@@ -272,6 +294,25 @@ class ReplayBuffer:
                                     else type(source).__name__))
         for name, target in targets.items():  # all checked first: a failed load leaves the buffer as it was
             target.copy_(state["tensors"][name])
+
+    def _expand(self, state: dict) -> dict:
+        """``checkpoint_state()``'s output as ``state_dict()``'s: full storage with the kept rows in place."""
+        filled, rows = state["filled"], state.get("rows", {})
+        if len(filled) != self.config.num_tasks or any(not 0 <= f <= self.config.capacity for f in filled):
+            raise ValueError(f"replay checkpoint state keeps {filled} rows per task; this buffer has "
+                             f"{self.config.num_tasks} tasks of {self.config.capacity} rows")
+        full = dict(state.get("tensors", {}))
+        for name, (shape, dtype, fill) in storage_layout(self.config).items():
+            if name not in _ROW_STORAGE:
+                continue
+            kept = rows.get(name)
+            if not isinstance(kept, torch.Tensor) or kept.shape[0] != sum(filled):
+                raise ValueError(f"replay checkpoint state's {name!r} must hold {sum(filled)} rows")
+            storage = torch.full(shape, fill, dtype=kept.dtype)
+            for t, part in enumerate(torch.split(kept, filled)):
+                self._tc(storage)[t, :filled[t]] = part
+            full[name] = storage
+        return {"config": state["config"], "tensors": full}
 
     # ------------------------------------------------------------------ insertion
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import pathlib
 import signal
+import sys
 import time
 from typing import Optional
 
@@ -19,22 +21,38 @@ import torch
 
 from . import envs
 from .acting import act
-from .checkpoint import capture_rng_state, checkpoint_path, latest_checkpoint, load_checkpoint, restore_rng_state, \
+from .checkpoint import CheckpointError, CheckpointNotFoundError, capture_rng_state, checkpoint_path, \
+    latest_checkpoint, load_checkpoint, restore_rng_state, rotate_checkpoints, sweep_temporaries, \
     save_checkpoint
 from .config import ConfigError, SearchSettings, TrainConfig, model_config, validate
 from .kernels import SearchConfig
 from .learner import Learner, LearnerConfig
 from .metrics import MetricsLogger, results_table
+from .plot import plot_run
 from .model import EZMModel
 from .replay import ReplayBuffer, ReplayConfig
 
-__all__ = ["run", "evaluate", "step_repeated", "main", "push_recent_returns", "saturated_tasks", "compose_config", "config_group_options", "CONFIG_GROUPS", "resolve_device", "build_model", "load_run_config", "TrainingDiverged", "KEEP_CHECKPOINTS", "UpdatePlan", "plan_updates"]
+__all__ = ["run", "evaluate", "step_repeated", "main", "push_recent_returns", "saturated_tasks", "compose_config", "config_group_options", "CONFIG_GROUPS", "resolve_device", "build_model", "load_run_config", "TrainingDiverged", "RunInterrupted", "KEEP_CHECKPOINTS", "UpdatePlan", "plan_updates"]
 
 KEEP_CHECKPOINTS = 3  # newest checkpoints kept in run_dir/checkpoints
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is left untouched."""
+
+
+class RunInterrupted(RuntimeError):
+    """SIGINT/SIGTERM stopped the run after a checkpoint; ``python -m ezm_gpu.train resume=DIR`` continues it."""
+
+    def __init__(self, signum: int, updates: int, run_dir: pathlib.Path):
+        self.signum, self.updates, self.run_dir = int(signum), int(updates), run_dir
+        super().__init__(f"interrupted ({signal.Signals(signum).name}) at update {updates}; resume with: "
+                         f"python -m ezm_gpu.train resume={run_dir}")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process ended by this signal: 130 (SIGINT), 143 (SIGTERM)."""
+        return 128 + self.signum
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,23 +161,28 @@ def plan_updates(cfg: TrainConfig, per_task_worlds: int) -> UpdatePlan:
                       final=round(cfg.final_updates * collection))
 
 
-def run(cfg: TrainConfig) -> pathlib.Path:
+def run(cfg: TrainConfig, changes: Optional[dict] = None) -> pathlib.Path:
     """Trains per ``cfg``; returns the run directory. Raises ConfigError before any work on a bad value.
 
     With ``cfg.resume`` set, the run directory's own ``config.yaml`` is the configuration (every other
-    field of ``cfg`` is ignored) and training continues from its latest checkpoint.
+    field of ``cfg`` is ignored) and training continues from its latest checkpoint; ``changes`` ({key:
+    value}, keys of ``RESUME_CHANGES`` only, e.g. a larger ``steps`` to extend the run) are applied and
+    recorded in its config.yaml. Raises RunInterrupted after the checkpoint a SIGINT/SIGTERM asked for.
     """
-    if cfg.resume:  # continue with the run's own configuration (only `resume` itself may differ)
-        cfg = dataclasses.replace(load_run_config(pathlib.Path(cfg.resume)), resume=cfg.resume)
+    saved_cfg = None
+    if cfg.resume:  # continue with the run's own configuration (only `resume` and `changes` may differ)
+        saved_cfg = load_run_config(pathlib.Path(cfg.resume))
+        fixed = sorted(set(changes or {}) - set(RESUME_CHANGES))
+        if fixed:
+            raise ConfigError(f"a resumed run may change {', '.join(RESUME_CHANGES)} only, not {', '.join(fixed)}")
+        cfg = dataclasses.replace(saved_cfg, resume=cfg.resume, **(changes or {}))
     tasks = validate(cfg)
     device = resolve_device(cfg.device)
-    import warp as wp
 
-    wp.config.quiet = True  # kernel-cache lines would drown the progress bar
-    run_dir = pathlib.Path(cfg.resume or cfg.out or f"runs/{_run_name(tasks)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    resume_from = latest_checkpoint(run_dir / "checkpoints") if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        raise ConfigError(f"invalid resume={cfg.resume!r}: it holds no checkpoint (checkpoints/checkpoint_*.pt)")
+    envs.silence_warp()  # kernel-load lines would drown the progress bar
+    run_dir, resume_from = _prepare_run_dir(cfg, tasks)
+    if cfg.device == "auto" and device.type == "cpu":
+        print(cpu_notice(cfg, tasks), file=sys.stderr)
     num_tasks = len(tasks)
     torch.manual_seed(cfg.seed)
 
@@ -177,7 +200,12 @@ def run(cfg: TrainConfig) -> pathlib.Path:
                                            autocast_dtype=_autocast_dtype(cfg.precision, device),
                                            total_updates=max(1, plan.total)),
                       search, search_kwargs)
-    replay = ReplayBuffer(ReplayConfig(num_tasks=num_tasks, capacity=cfg.replay_capacity, obs_dim=world.obs_dim,
+    # A resumed run reads its checkpoint once, mapped (only the bytes used are read, into host memory), and
+    # keeps the replay size it was saved with; a new run sizes the replay to what it can fill.
+    loaded = None if resume_from is None else load_checkpoint(resume_from, map_location="cpu", mmap=True)
+    capacity = (loaded["replay"]["config"]["capacity"] if loaded is not None and "replay" in loaded else
+                min(cfg.replay_capacity, replay_rows(cfg, plan, max(per_task_worlds))))
+    replay = ReplayBuffer(ReplayConfig(num_tasks=num_tasks, capacity=capacity, obs_dim=world.obs_dim,
                                        action_dim=world.action_dim, num_worlds=cfg.envs, td_steps=cfg.td_steps,
                                        batch_size=cfg.batch_size // num_tasks * num_tasks), device=device)
     generator = torch.Generator(device).manual_seed(cfg.seed)
@@ -192,25 +220,34 @@ def run(cfg: TrainConfig) -> pathlib.Path:
     # waves (the release's 16 envs per task see theirs spread in time). Credits are whole decisions.
     obs = world.reset(stagger=cfg.stagger_resets, stagger_multiple=cfg.action_repeat)
     if resume_from is not None:
-        counters, obs, resumed_returns = _restore(resume_from, learner, replay, world, generator, counters, device)
+        counters, obs, resumed_returns = _restore(loaded, learner, replay, world, generator, counters, device)
+        del loaded  # the loaded state is released: the device never holds a second replay
+        if counters["iteration"] > iterations:
+            raise ConfigError(f"invalid steps={cfg.steps}: the run has taken "
+                              f"{_env_steps_per_task(cfg, counters, world)} env steps per task already; give at least that")
+        _record_changes(run_dir, saved_cfg, cfg)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(_to_yaml(cfg))
-    metrics = MetricsLogger(run_dir)
+    # A resumed run drops rows logged after its checkpoint (a kill between the two would repeat them).
+    metrics = MetricsLogger(run_dir, resume_at=None if resume_from is None else
+                            (counters["updates"], _env_steps_per_task(cfg, counters, world)))
 
     def checkpoint() -> None:
         folder = run_dir / "checkpoints"
         state = {"learner": learner.state_dict(), "envs": world.state_dict(), "rng": capture_rng_state([generator]),
                  "counters": dict(counters), "obs": obs, "returns": {k: v.clone() for k, v in returns.items()}}
         if cfg.checkpoint_replay:
-            state["replay"] = replay.state_dict()
-        save_checkpoint(checkpoint_path(folder, counters["updates"]), state)
-        for old in sorted(folder.glob("checkpoint_*.pt"))[:-KEEP_CHECKPOINTS]:
-            old.unlink()
+            state["replay"] = replay.checkpoint_state()  # the rows written so far, not the whole buffer
+        rotate_checkpoints(folder, save_checkpoint(checkpoint_path(folder, counters["updates"]), state),
+                           KEEP_CHECKPOINTS)
 
     stop = {"signal": None}
 
     def on_signal(signum, frame):  # finish the current update or decision, checkpoint, exit
+        if stop["signal"] is not None:  # a second signal: end now (the last checkpoint on disk is intact)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         stop["signal"] = signum
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -221,13 +258,16 @@ def run(cfg: TrainConfig) -> pathlib.Path:
                "partial": torch.full((cfg.envs,), cfg.stagger_resets, dtype=torch.bool, device=device)}
     if resume_from is not None:
         returns.update(resumed_returns)  # (runs checkpointed before the saturation rings start them fresh)
-    progress = _Progress(iterations, counters["iteration"])
+    # The bar counts decisions and updates alike: after the warm-up their mix is fixed by the plan, so the
+    # rate, and the ETA, are steady; and it moves during the updates of a decision, however many.
+    progress = _Progress(iterations + plan.total, counters["iteration"] + counters["updates"])
     progress.rates(counters["iteration"] * cfg.envs * cfg.action_repeat, counters["updates"])  # starts the clock
 
     def update_until(target: int) -> None:  # updates until counters["updates"] == target or a signal
         while counters["updates"] < target and stop["signal"] is None:
             terms = learner.update(replay, generator)
             counters["updates"] += 1
+            progress.update(1)
             _record_divergence(divergence, terms["loss"], counters["updates"])
             if _due(cfg, counters["updates"]):
                 _raise_if_diverged(divergence, run_dir)
@@ -269,24 +309,47 @@ def run(cfg: TrainConfig) -> pathlib.Path:
         metrics.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if stop["signal"] is None:
-        scores = evaluate(learner.ema.copy, tasks, cfg, device, cfg.seed + 1)
-        metrics = MetricsLogger(run_dir, tensorboard=False)
-        metrics.log(counters["updates"], _env_steps_per_task(cfg, counters, world),
-                    {f"eval/return/{t}": v for t, v in scores.items()})
-        print(results_table(scores))
+    if stop["signal"] is not None:
+        raise RunInterrupted(stop["signal"], counters["updates"], run_dir)
+    scores = evaluate(learner.ema.copy, tasks, cfg, device, cfg.seed + 1)
+    metrics = MetricsLogger(run_dir)
+    metrics.log(counters["updates"], _env_steps_per_task(cfg, counters, world),
+                {f"eval/return/{t}": v for t, v in scores.items()})
+    metrics.close()
+    print(results_table(scores))
+    try:
+        plot_run(run_dir)  # run_dir/learning_curves.png
+    except (OSError, ValueError) as error:  # the run itself is complete: say why the picture is missing
+        print(f"ezm_gpu.train: learning_curves.png not written ({error})", file=sys.stderr)
     return run_dir
 
 
-def _restore(path: pathlib.Path, learner: Learner, replay: ReplayBuffer, world, generator: torch.Generator,
-             counters: dict, device: torch.device) -> tuple[dict, torch.Tensor, dict]:
-    """Loads a checkpoint into the run's own (device) tensors; returns (counters, obs, returns).
+def _record_changes(run_dir: pathlib.Path, saved: TrainConfig, cfg: TrainConfig) -> None:
+    """Writes a resumed run's changed keys into its config.yaml (atomically) and says what changed."""
+    changed = {f.name: (getattr(saved, f.name), getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+               if f.name != "resume" and getattr(saved, f.name) != getattr(cfg, f.name)}
+    if not changed:
+        return
+    path = run_dir / "config.yaml"
+    tmp = path.with_name(".config.yaml.tmp")
+    tmp.write_text(_to_yaml(dataclasses.replace(cfg, resume=None)))
+    os.replace(tmp, path)
+    print("resumed with " + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()) + f" (recorded in {path})")
 
-    The file is read to host memory and copied into the tensors built for the run; the loaded state is
-    released when this returns, so the device never holds a second replay (2.75 GB medium, 13.7 GB
-    hard at envs=4096).
-    """
-    state = load_checkpoint(path, map_location="cpu")
+
+def replay_rows(cfg: TrainConfig, plan: "UpdatePlan", worlds_per_task: int) -> int:
+    """Rows per task a run can write: each world's transition of every decision and the final observation
+    of each episode it ends (episodes last at least ``episode_length`` env steps unless terminations count)."""
+    episodes = plan.decisions if not cfg.ignore_termination else \
+        math.ceil(plan.decisions * cfg.action_repeat / cfg.episode_length) + 1  # +1: a staggered first episode
+    return worlds_per_task * (plan.decisions + episodes)
+
+
+def _restore(state: dict, learner: Learner, replay: ReplayBuffer, world, generator: torch.Generator,
+             counters: dict, device: torch.device) -> tuple[dict, torch.Tensor, dict]:
+    """Copies a loaded checkpoint (host memory) into the run's own (device) tensors; returns (counters, obs,
+    returns). Nothing returned refers to ``state``, so the caller can release it (2.75 GB of replay for
+    the medium set at envs=4096, 13.7 GB hard)."""
     learner.load_state_dict(state["learner"])
     if "replay" in state:  # absent when the run checkpoints without it (checkpoint_replay=false)
         replay.load_state_dict(state["replay"])
@@ -344,6 +407,61 @@ def _autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtyp
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+# Measured on a 2-core CPU (benchmarks/README.md): h1 physics at 1024 worlds, and one update with EZ-M's
+# reanalysis search at batch ~512 per model preset (medium has hard's 16M parameters).
+CPU_ENV_STEPS_PER_S = 594.0
+CPU_SECONDS_PER_UPDATE = {"cpu": 1.25, "medium": 21.7, "hard": 21.7}
+CPU_COMMAND = ("python -m ezm_gpu.train task_set=cartpole preset=cpu search=small device=cpu envs=64 "
+               "batch_size=128 action_repeat=2")  # the README's CPU learning check (its full command there)
+
+
+def cpu_notice(cfg: TrainConfig, tasks: list) -> str:
+    """What ``device=auto`` falling back to the CPU means for this configuration, in one notice."""
+    plan = plan_updates(cfg, cfg.envs // len(tasks))
+    per_update = CPU_SECONDS_PER_UPDATE[cfg.preset] * cfg.batch_size / 512
+    days = (len(tasks) * cfg.steps / CPU_ENV_STEPS_PER_S + plan.total * per_update) / 86400
+    return (f"ezm_gpu.train: no CUDA device, running on the CPU. This configuration ({len(tasks)} tasks x "
+            f"{cfg.steps:,} env steps, {plan.total:,} updates of batch {cfg.batch_size}, preset {cfg.preset}) would "
+            f"take about {days:,.1f} days here ({CPU_ENV_STEPS_PER_S:.0f} env steps/s and {per_update:.2f} s per "
+            f"update, measured on a 2-core CPU). A run sized for a CPU: {CPU_COMMAND} (README, Learning check).")
+
+
+def _prepare_run_dir(cfg: TrainConfig, tasks: list) -> tuple[pathlib.Path, Optional[pathlib.Path]]:
+    """The run directory and the checkpoint to resume from (None for a fresh run), checked before any work.
+
+    A resumed run needs a checkpoint (temporary files of a write that was killed are swept). A fresh run
+    gets an empty, writable directory: an existing run there is refused (two runs would share config,
+    metrics and checkpoints), as are a file and a place that cannot be written.
+    """
+    if cfg.resume:
+        run_dir = pathlib.Path(cfg.resume)
+        try:
+            resume_from = latest_checkpoint(run_dir / "checkpoints")
+        except CheckpointNotFoundError:
+            resume_from = None
+        if resume_from is None:
+            raise ConfigError(f"invalid resume={cfg.resume!r}: it holds no checkpoint (checkpoints/checkpoint_*.pt); "
+                              "check the path, or start a fresh run with out=")
+        sweep_temporaries(run_dir / "checkpoints")
+        return run_dir, resume_from
+    run_dir = pathlib.Path(cfg.out or f"runs/{_run_name(tasks)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    where = f"invalid out={str(cfg.out or run_dir)!r}:"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{where} {run_dir} is a file; give a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        held = ", ".join(sorted(entry.name for entry in run_dir.iterdir())[:4])
+        raise ConfigError(f"{where} {run_dir} is not empty (it holds {held}); continue that run with "
+                          f"`python -m ezm_gpu.train resume={run_dir}`, or choose another out=")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{where} cannot write a run directory there ({error.strerror or error})") from None
+    return run_dir, None
 
 
 def _run_name(tasks: list) -> str:
@@ -447,7 +565,7 @@ class _Progress:
     def __init__(self, total: int, initial: int):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc="decisions x worlds")
+        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc="decisions + updates")
         self.last = None
         self.start = time.perf_counter()
 
@@ -538,31 +656,79 @@ def compose_config(overrides: list) -> TrainConfig:
     return _from_dict(OmegaConf.to_container(composed, resolve=True))
 
 
-def _check_resume_alone(overrides: list) -> None:
-    """``resume=RUN_DIR`` rebuilds the run from its own config.yaml: any other override would be ignored."""
+RESUME_CHANGES = ("steps", "eval_interval", "eval_steps", "eval_episodes", "checkpoint_interval", "log_interval",
+                  "checkpoint_replay")  # keys a resumed run may change (extend it, log or save differently)
+
+
+def _resume_changes(overrides: list) -> Optional[dict]:
+    """For ``resume=RUN_DIR key=value ...``: the changes to the run's own config, {key: value}; None when not
+    resuming. Only ``RESUME_CHANGES`` may change; any other key is refused, with the run's value beside it."""
+    import yaml
+
     keys = [override.partition("=")[0].lstrip("+~") for override in overrides]
-    resuming = any(k == "resume" and o.partition("=")[2] not in ("", "null") for k, o in zip(keys, overrides))
-    others = [o for k, o in zip(keys, overrides) if k != "resume"]
-    if resuming and others:
-        raise ConfigError(f"resume continues the run's own config (its config.yaml); these keys were given: "
-                          f"{' '.join(others)} (start a new run with out=... to change them)")
+    target = next((o.partition("=")[2] for k, o in zip(keys, overrides) if k == "resume"), None)
+    if target in (None, "", "null"):
+        return None
+    changes = {k: yaml.safe_load(o.partition("=")[2]) for k, o in zip(keys, overrides) if k != "resume"}
+    fixed = [(k, o) for k, o in zip(keys, overrides) if k != "resume" and k not in RESUME_CHANGES]
+    if fixed:
+        try:
+            saved = dataclasses.asdict(load_run_config(pathlib.Path(target)))
+        except ConfigError:  # no run there: the resume itself will say so
+            saved = {}
+        listed = ", ".join(o + (f" (the run's: {saved[k]})" if k in saved else "") for k, o in fixed)
+        raise ConfigError(f"resume continues the run's own config (its config.yaml); only "
+                          f"{', '.join(RESUME_CHANGES)} may change, but these keys were given: {listed} (start a "
+                          "new run with out=... to change them)")
+    return changes
+
+
+def usage() -> str:
+    """``python -m ezm_gpu.train --help``: every top-level key with its default and meaning (from
+    configs/train.yaml, the one place they are defined), the config groups and their options, examples."""
+    import re
+    from importlib import resources
+
+    text = resources.files("ezm_gpu.configs").joinpath("train.yaml").read_text()
+    keys = [match.groups() for match in re.finditer(r"^(\w+):[ \t]*([^#\n]*?)[ \t]*#[ \t]*(.*)$", text, re.M)]
+    hidden = [match.group(1) for match in re.finditer(r"^# (\w+): set by task_set[^\n]*?:?[ \t]*(.*)$", text, re.M)]
+    width = max(len(f"{key}={value}") for key, value, _ in keys)
+    lines = ["usage: python -m ezm_gpu.train [key=value ...] [group=option ...]", "",
+             "Keys (default, meaning); nested fields as model.<field>=... and search.<field>=...:"]
+    lines += [f"  {f'{key}={value}':{width}s}  {meaning}" for key, value, meaning in keys]
+    if hidden:
+        lines.append(f"  {', '.join(hidden)}: set by the task_set group (override as key=value)")
+    lines += ["", "Groups:"]
+    lines += [f"  {group}={'|'.join(config_group_options(group))}" for group in CONFIG_GROUPS]
+    lines += ["", "Examples:",
+              "  python -m ezm_gpu.train envs=4096                       # EZ-M on the medium set",
+              "  python -m ezm_gpu.train task_set=hard preset=hard envs=4096",
+              "  python -m ezm_gpu.train task_set=cartpole preset=cpu search=small device=cpu envs=64",
+              "  python -m ezm_gpu.train resume=runs/<run>               # continue a run (no other key)"]
+    return "\n".join(lines)
 
 
 def main(argv: Optional[list] = None) -> None:
     """Hydra entry point: ``python -m ezm_gpu.train key=value group=option ...`` (configs/train.yaml)."""
-    import sys
 
     from hydra.errors import HydraException
 
     overrides = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help", "help") for arg in overrides):
+        print(usage())
+        return
     try:
-        _check_resume_alone(overrides)
-        cfg = compose_config(overrides)
+        changes = _resume_changes(overrides)
+        cfg = compose_config(overrides if changes is None else
+                             [o for o in overrides if o.partition("=")[0].lstrip("+~") == "resume"])
     except (ConfigError, HydraException) as error:  # e.g. a key that does not exist
         raise SystemExit(f"ezm_gpu.train: {error}")
     try:
-        print(f"run directory: {run(cfg)}")
-    except ConfigError as error:
+        print(f"run directory: {run(cfg, changes)}")
+    except RunInterrupted as stopped:
+        print(f"ezm_gpu.train: {stopped}", file=sys.stderr)
+        raise SystemExit(stopped.exit_code)
+    except (ConfigError, CheckpointError, envs.AssetsNotFoundError, TrainingDiverged) as error:
         raise SystemExit(f"ezm_gpu.train: {error}")
 
 

@@ -11,7 +11,7 @@ from ezm_gpu.checkpoint import (CheckpointError, CheckpointNotFoundError, captur
 from ezm_gpu.kernels import SearchConfig
 from ezm_gpu.learner import Learner, LearnerConfig
 from ezm_gpu.model import EZMModel, ModelConfig
-from ezm_gpu.replay import ReplayBuffer
+from ezm_gpu.replay import _ROW_STORAGE, ReplayBuffer
 from test_learner import ACT, OBS, TASKS, _filled_replay
 
 
@@ -168,11 +168,22 @@ def test_resumed_learner_and_replay_repeat_the_uninterrupted_run(tmp_path):
     assert uninterrupted[3] == pytest.approx(1e-5)  # the run crossed the learning-rate decay after resuming
 
 
-def test_restored_replay_samples_identically(tmp_path):
-    replay = _filled_replay()
-    path = save_checkpoint(tmp_path / "replay.pt", {"replay": replay.state_dict()})
+@pytest.mark.parametrize("steps", [40, 200])  # part filled; wrapped around (every slot written)
+@pytest.mark.parametrize("form", ["state_dict", "checkpoint_state"])
+def test_restored_replay_samples_identically(tmp_path, steps, form):
+    replay = _filled_replay(steps)
+    state = getattr(replay, form)()
+    if form == "checkpoint_state":  # only the rows written so far are stored
+        filled = replay.size().tolist()
+        assert filled == state["filled"] and state["rows"]["obs"].shape[0] == sum(filled)
+        assert (sum(filled) < 2 * 256) == (steps == 40)
+    path = save_checkpoint(tmp_path / "replay.pt", {"replay": state})
     restored = ReplayBuffer(replay.config)
     restored.load_state_dict(load_checkpoint(path)["replay"])
+    ours, theirs = replay.state_dict()["tensors"], restored.state_dict()["tensors"]
+    for name in ours:  # every slot, empty ones included; not the per-row storage's last row (the write sink)
+        kept = slice(0, -1) if name in _ROW_STORAGE else slice(None)
+        assert torch.equal(ours[name][kept], theirs[name][kept]), name
     a, b = replay.sample(torch.Generator().manual_seed(4)), restored.sample(torch.Generator().manual_seed(4))
     for field in ("task_ids", "indices", "stamps", "age", "weights", "obs", "actions", "rewards", "obs_mask",
                   "step_mask", "terminal"):

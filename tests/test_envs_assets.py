@@ -2,6 +2,7 @@
 import hashlib
 import http.server
 import io
+import os
 import pathlib
 import tarfile
 import threading
@@ -76,6 +77,9 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.delenv(assets.SHA256_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(assets, "_installed_package_root", lambda: None)
+    # The served archives hold FILES only: verify against their manifest (the shipped one is tested below).
+    monkeypatch.setattr(assets, "read_manifest", lambda path=None: {rel: hashlib.sha256(_content(rel)).hexdigest()
+                                                                   for rel in FILES})
     return tmp_path
 
 
@@ -101,16 +105,27 @@ def test_download_installs_assets_into_the_cache(isolated, serve, monkeypatch):
     ("absolute", "unsafe path in archive"),
     ("layout", "has no humanoid_bench/assets/envs/h1_pos_walk.xml"),
     ("missing", "HTTP Error 404"),
+    ("tampered", "humanoid_bench/assets/robots/h1_pos.xml has sha256 [0-9a-f]{64}, HumanoidBench at 791405f5eacf has"),
+    ("incomplete", r"1 file\(s\) missing \(e.g. \['humanoid_bench/assets/envs/h1_pos_stand.xml'\]\), 0 unexpected"),
+    ("unexpected", r"0 file\(s\) missing .*1 unexpected \(e.g. \['humanoid_bench/assets/envs/extra.xml'\]\)"),
+    ("oversized", "over the 4,096-byte cap|exceeds the 4,096-byte cap"),
 ])
 def test_bad_downloads_fail_clearly_and_leave_no_cache(isolated, serve, monkeypatch, case, message):
     url_for, _ = serve
     data = {"corrupt": b"definitely not gzip", "sha": _archive(), "traversal": _archive(extra=[("../evil", b"x")]),
             "absolute": _archive(extra=[("/etc/evil", b"x")]),
-            "layout": _archive(files={"humanoid_bench/assets/robots/h1_pos.xml": None})}.get(case)
+            "layout": _archive(files={"humanoid_bench/assets/robots/h1_pos.xml": None}),
+            "tampered": _archive(files=[rel for rel in FILES if "robots" not in rel],
+                                 extra=[("humanoid_bench/assets/robots/h1_pos.xml", b"<mujoco model='other'/>")]),
+            "incomplete": _archive(files=[rel for rel in FILES if "stand" not in rel]),
+            "unexpected": _archive(extra=[("humanoid_bench/assets/envs/extra.xml", b"<mujoco/>")]),
+            "oversized": _archive(extra=[("humanoid_bench/assets/big.bin", os.urandom(20_000))])}.get(case)
     url = url_for(data) if data is not None else url_for(b"").replace("archive", "nothing")
     monkeypatch.setenv(assets.URL_ENV, url)
     if case == "sha":
         monkeypatch.setenv(assets.SHA256_ENV, "0" * 64)
+    if case == "oversized":
+        monkeypatch.setattr(assets, "MAX_ARCHIVE_BYTES", 4096)
     with pytest.raises(assets.AssetsNotFoundError, match=message) as error:
         assets.resolve_root()
     text = str(error.value)
@@ -170,3 +185,16 @@ def test_shared_assets_resolve_through_the_environment(monkeypatch):
     assert assets.scene_path("h1", "walk") == SHARED / "humanoid_bench/assets/envs/h1_pos_walk.xml"
     with pytest.raises(assets.AssetsNotFoundError, match="no scene h1_pos_fly.xml"):
         assets.scene_path("h1", "fly")
+
+
+def test_shipped_manifest_is_the_pinned_assets_file_for_file(tmp_path):
+    """The manifest the package ships (every asset file's sha256) matches the shared copy exactly, and a
+    download holding only the marker file (what the old check accepted) is refused by it."""
+    manifest = assets.read_manifest()
+    assert len(manifest) == 716 and assets._MARKER.as_posix() in manifest
+    assets.verify_assets(SHARED, manifest)
+    target = tmp_path / assets._MARKER
+    target.parent.mkdir(parents=True)
+    target.write_bytes((SHARED / assets._MARKER).read_bytes())
+    with pytest.raises(ValueError, match=r"715 file\(s\) missing"):
+        assets.verify_assets(tmp_path, manifest)

@@ -45,7 +45,8 @@ def test_wheel_contains_and_imports_all_packages(tmp_path):
     wheel = next((tmp_path / "dist").glob("ezm_gpu-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("ezm_gpu/__init__.py", "ezm_gpu/kernels/__init__.py", "ezm_gpu/kernels/triton_ops.py",
-                     "ezm_gpu/envs/__init__.py", "ezm_gpu/configs/__init__.py", "ezm_gpu/configs/train.yaml"):
+                     "ezm_gpu/envs/__init__.py", "ezm_gpu/configs/__init__.py", "ezm_gpu/configs/train.yaml",
+                     "ezm_gpu/envs/asset_manifest.sha256"):
         assert required in names, f"{required} missing from {wheel.name}"
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

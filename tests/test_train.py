@@ -61,6 +61,11 @@ def test_smoke_run_learns_checkpoints_and_evaluates(tmp_path, monkeypatch):
     state = load_checkpoint(last)
     assert state["counters"] == {"iteration": 30, "updates": 66}  # exactly the plan: 55 + 11 final updates
     assert state["learner"]["updates"] == 66 and rows[-1]["step"] == 66
+    # The replay holds what the run can write, 2 worlds x (30 transitions + 2 episode ends) per task, not
+    # replay_capacity=1000; checkpoints store the rows written (60 transitions and the staggered episode ends).
+    filled = state["replay"]["filled"]
+    assert state["replay"]["config"]["capacity"] == 64 and all(60 <= f <= 64 for f in filled)
+    assert filled == state["replay"]["tensors"]["count"].tolist() and state["replay"]["rows"]["obs"].shape[0] == sum(filled)
     final = read_metrics(run_dir / "metrics.csv")[-1]
     assert {"eval/return/cartpole-balance", "eval/return/cartpole-swingup"} <= set(final)
     assert plot_run(run_dir).stat().st_size > 10_000
@@ -119,17 +124,27 @@ def _interrupt_at(monkeypatch, update):
     return periodic
 
 
+def _run_until_interrupted(cfg: TrainConfig):
+    """``train.run`` of a run that a signal stops: it raises RunInterrupted naming the resume command."""
+    with pytest.raises(train.RunInterrupted) as stopped:
+        train.run(cfg)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert str(stopped.value) == (f"interrupted (SIGTERM) at update {stopped.value.updates}; resume with: "
+                                  f"python -m ezm_gpu.train resume={stopped.value.run_dir}")
+    return stopped.value.run_dir
+
+
 def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     """Stopped while collecting (update 12, resumed in-process) and during the final updates after the
     last decision (update 60 of 55 + 11, resumed by the command line): both finish as the whole run did."""
     whole = train.run(TrainConfig(out=str(tmp_path / "whole"), **SMALL))
     periodic = _interrupt_at(monkeypatch, 12)
-    parted = train.run(TrainConfig(out=str(tmp_path / "parted"), **SMALL))
+    parted = _run_until_interrupted(TrainConfig(out=str(tmp_path / "parted"), **SMALL))
     stopped = load_checkpoint(latest_checkpoint(parted / "checkpoints"))
     assert stopped["counters"]["updates"] == 12 and stopped["counters"]["iteration"] < 30
     monkeypatch.setattr(train, "_periodic", periodic)
     _interrupt_at(monkeypatch, 60)
-    late = train.run(TrainConfig(out=str(tmp_path / "late"), **SMALL))
+    late = _run_until_interrupted(TrainConfig(out=str(tmp_path / "late"), **SMALL))
     assert load_checkpoint(latest_checkpoint(late / "checkpoints"))["counters"] == {"iteration": 30, "updates": 60}
     monkeypatch.setattr(train, "_periodic", periodic)
     train.run(dataclasses.replace(TrainConfig(**SMALL), resume=str(parted)))
@@ -156,7 +171,9 @@ def test_resume_alone_rebuilds_a_non_default_run_from_its_directory(tmp_path, mo
     train.main(ONE_TASK + [f"out={tmp_path / 'whole'}"])
     periodic = _interrupt_at(monkeypatch, 12)
     parted = tmp_path / "parted"
-    train.main(ONE_TASK + [f"out={parted}"])
+    with pytest.raises(SystemExit) as stopped:
+        train.main(ONE_TASK + [f"out={parted}"])
+    assert stopped.value.code == 143  # interrupted: not the exit of a finished run
     stopped = load_checkpoint(latest_checkpoint(parted / "checkpoints"))["counters"]
     assert stopped["updates"] == 12 and stopped["iteration"] < 15
     monkeypatch.setattr(train, "_periodic", periodic)
@@ -167,7 +184,7 @@ def test_resume_alone_rebuilds_a_non_default_run_from_its_directory(tmp_path, mo
 
     def load_on_host(path, **kw):
         state = load_checkpoint(path, **kw)
-        loaded.append((kw, weakref.ref(state["replay"]["tensors"]["obs"])))
+        loaded.append((kw, weakref.ref(state["replay"]["rows"]["obs"])))
         return state
 
     def check_released(*args):
@@ -181,7 +198,7 @@ def test_resume_alone_rebuilds_a_non_default_run_from_its_directory(tmp_path, mo
     validate = train.validate
     monkeypatch.setattr(train, "validate", lambda cfg: used.append(cfg) or validate(cfg))
     train.main([f"resume={parted}"])
-    assert [kw for kw, _ in loaded] == [dict(map_location="cpu")] and released and all(released)
+    assert [kw for kw, _ in loaded] == [dict(map_location="cpu", mmap=True)] and released and all(released)
     monkeypatch.setattr(train, "_periodic", periodic)
     assert used == [dataclasses.replace(train.load_run_config(parted), resume=str(parted))]
     assert (used[0].tasks, used[0].envs, used[0].preset) == (["cartpole-balance"], 4, "cpu")
@@ -193,9 +210,17 @@ def test_resume_alone_rebuilds_a_non_default_run_from_its_directory(tmp_path, mo
     assert rows == _train_rows(tmp_path / "whole")
     evals = [k for row in read_metrics(parted / "metrics.csv") for k in row if k.startswith("eval/") and row[k] is not None]
     assert evals == ["eval/return/cartpole-balance"]
-    with pytest.raises(SystemExit, match=r"resume continues the run's own config \(its config.yaml\); these keys "
-                                         r"were given: envs=8"):
-        train.main([f"resume={parted}", "envs=8"])
+    with pytest.raises(SystemExit, match=r"resume continues the run's own config \(its config.yaml\); only steps, "
+                                         r"eval_interval, .* may change, but these keys were given: envs=8 \(the "
+                                         r"run's: 4\), preset=medium \(the run's: cpu\)"):
+        train.main([f"resume={parted}", "envs=8", "steps=100", "preset=medium"])
+    # steps may change: the run is extended, and its config.yaml records the new value
+    train.main([f"resume={parted}", "steps=80", "log_interval=4"])
+    assert load_checkpoint(latest_checkpoint(parted / "checkpoints"))["counters"]["iteration"] == 20
+    extended = train.load_run_config(parted)
+    assert (extended.steps, extended.log_interval) == (80, 4) and extended.envs == 4
+    with pytest.raises(SystemExit, match=r"invalid steps=40: the run has taken 80 env steps per task already"):
+        train.main([f"resume={parted}", "steps=40"])
 
 
 def test_checkpoints_without_replay_resume_with_an_empty_replay(tmp_path, monkeypatch):
@@ -208,7 +233,7 @@ def test_checkpoints_without_replay_resume_with_an_empty_replay(tmp_path, monkey
 
     monkeypatch.setattr(train, "_periodic", interrupt_at_update_12)
     cfg = TrainConfig(out=str(tmp_path / "lean"), checkpoint_replay=False, **SMALL)
-    run_dir = train.run(cfg)
+    run_dir = _run_until_interrupted(cfg)
     stopped = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
     assert "replay" not in stopped and {"learner", "envs", "rng", "counters"} <= set(stopped)
     monkeypatch.setattr(train, "_periodic", periodic)
