@@ -68,6 +68,14 @@ def test_smoke_run_learns_checkpoints_and_evaluates(tmp_path, monkeypatch):
     assert filled == state["replay"]["tensors"]["count"].tolist() and state["replay"]["rows"]["obs"].shape[0] == sum(filled)
     final = read_metrics(run_dir / "metrics.csv")[-1]
     assert {"eval/return/cartpole-balance", "eval/return/cartpole-swingup"} <= set(final)
+    # The final evaluation (the only one here) reaches TensorBoard too, and the run wrote its plot.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("eval/return/cartpole-balance")] == \
+        pytest.approx([final["eval/return/cartpole-balance"]])
+    assert (run_dir / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_run(run_dir).stat().st_size > 10_000
     result = subprocess.run([sys.executable, "-m", "ezm_gpu.evaluate", str(run_dir), "--steps", "10"],
                             capture_output=True, text=True)
