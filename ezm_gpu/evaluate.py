@@ -39,6 +39,7 @@ def main(argv=None) -> dict:
     except (ConfigError, FileNotFoundError) as error:
         parser.error(str(error))
     device = resolve_device(cfg.device)
+    envs.silence_warp()  # no per-module load lines around the results table
     names = validate(cfg)  # a set name or a list, resolved the way training resolved it
     tasks = envs.make_set(names, len(names), device=device)
     model = build_model(cfg, tasks, device)

@@ -81,6 +81,7 @@ def test_smoke_run_learns_checkpoints_and_evaluates(tmp_path, monkeypatch):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert re.search(r"cartpole-balance +[-0-9.]+ +800 ", result.stdout), result.stdout
+    assert "load on device" not in result.stdout + result.stderr  # Warp's module lines are silenced
     # evaluate maps the checkpoint on the host and copies only the EMA weights to the device
     loads = []
     monkeypatch.setattr(evaluate_cli, "load_checkpoint",
