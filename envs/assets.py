@@ -152,8 +152,8 @@ def download_assets(url: str, destination: pathlib.Path, sha256: Optional[str] =
         archive = pathlib.Path(tmp, "archive.tar.gz")
         digest, size = hashlib.sha256(), 0
         with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as out:
-            announced = response.headers.get("Content-Length") if hasattr(response, "headers") else None
-            if announced is not None and announced.isdigit() and int(announced) > max_bytes:
+            announced = response.headers.get("Content-Length") or ""
+            if announced.isdigit() and int(announced) > max_bytes:
                 raise ValueError(f"the archive is {int(announced):,} bytes, over the {max_bytes:,}-byte cap")
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 size += len(chunk)

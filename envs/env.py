@@ -346,11 +346,10 @@ class BatchedEnv:
     def _physics(self) -> None:
         """``frame_skip`` physics steps; on CUDA replayed from a captured graph (captured on first use, on
         its own stream: ``capture.capture_graph``)."""
-        if self.device.type != "cuda":
-            with self._warp_scope():
-                self._record_physics()
-            return
         with self._warp_scope():
+            if self.device.type != "cuda":
+                self._record_physics()
+                return
             if self._graph is None:
                 self._graph = capture_graph(self.device, self._record_physics)
             self._graph.launch()

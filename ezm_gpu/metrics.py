@@ -75,24 +75,17 @@ def read_metrics(path: os.PathLike | str) -> list[dict[str, Optional[float]]]:
     """Rows of a metrics CSV as dicts of floats (None where a row has no value for a column)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    parsed = []
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
-        try:
-            parsed.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
-        except (TypeError, ValueError):
-            bad = next(k for k, v in row.items() if not _is_number(v))
-            raise ValueError(f"{path}, line {number}: column {bad!r} holds {row[bad]!r}, not a number") from None
-    return parsed
+    return [{key: _number(path, line, key, text) for key, text in row.items()}
+            for line, row in enumerate(rows, start=2)]  # line 1 is the header
 
 
-def _is_number(text) -> bool:
+def _number(path, line: int, key, text) -> Optional[float]:
     if text in ("", None):
-        return True
+        return None
     try:
-        float(text)
+        return float(text)
     except (TypeError, ValueError):
-        return False
-    return True
+        raise ValueError(f"{path}, line {line}: column {key!r} holds {text!r}, not a number") from None
 
 
 def results_table(scores: Mapping[str, float]) -> str:

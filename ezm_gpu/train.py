@@ -691,7 +691,7 @@ def usage() -> str:
 
     text = resources.files("ezm_gpu.configs").joinpath("train.yaml").read_text()
     keys = [match.groups() for match in re.finditer(r"^(\w+):[ \t]*([^#\n]*?)[ \t]*#[ \t]*(.*)$", text, re.M)]
-    hidden = [match.group(1) for match in re.finditer(r"^# (\w+): set by task_set[^\n]*?:?[ \t]*(.*)$", text, re.M)]
+    hidden = re.findall(r"^# (\w+): set by task_set", text, re.M)
     width = max(len(f"{key}={value}") for key, value, _ in keys)
     lines = ["usage: python -m ezm_gpu.train [key=value ...] [group=option ...]", "",
              "Keys (default, meaning); nested fields as model.<field>=... and search.<field>=...:"]
@@ -704,7 +704,7 @@ def usage() -> str:
               "  python -m ezm_gpu.train envs=4096                       # EZ-M on the medium set",
               "  python -m ezm_gpu.train task_set=hard preset=hard envs=4096",
               "  python -m ezm_gpu.train task_set=cartpole preset=cpu search=small device=cpu envs=64",
-              "  python -m ezm_gpu.train resume=runs/<run>               # continue a run (no other key)"]
+              "  python -m ezm_gpu.train resume=runs/<run> steps=200000  # continue a run (here: extend it)"]
     return "\n".join(lines)
 
 

@@ -67,9 +67,11 @@ def sigma_terms(config: SearchConfig, tree: Tree, child: torch.Tensor, prior: to
     return sigma, child_visits, completed_q
 
 
-def record_margin(margin: Optional[torch.Tensor], scores: torch.Tensor, decides: torch.Tensor) -> None:
+def record_margin(margin: Optional[torch.Tensor], scores: torch.Tensor,
+                  decides: Optional[torch.Tensor] = None) -> None:
     """Lowers ``margin`` [B] (in place) to the closest gap between any two of a decision's ``scores`` [B, S]
-    (relative to max(1, |largest score|)), where ``decides`` [B] bool; a no-op when margin is None.
+    (relative to max(1, |largest score|)), where ``decides`` [B] bool (None: every tree); a no-op when
+    margin is None.
 
     A decision whose margin is within float32 rounding can go either way on hardware that rounds
     differently (``kernels.agreement``); every other one is decided the same everywhere.
@@ -78,12 +80,12 @@ def record_margin(margin: Optional[torch.Tensor], scores: torch.Tensor, decides:
         return
     ordered = scores.sort(1, descending=True).values
     gap = (ordered[:, :-1] - ordered[:, 1:]).amin(1) / ordered[:, 0].abs().clamp(min=1.0)
-    margin.copy_(torch.where(decides, torch.minimum(margin, gap), margin))
+    lowered = torch.minimum(margin, gap)
+    margin.copy_(lowered if decides is None else torch.where(decides, lowered, margin))
 
 
-def _interior_step(tree: Tree, config: SearchConfig, node: torch.Tensor, slots: torch.Tensor,
-                   normaliser, margin: Optional[torch.Tensor] = None,
-                   going: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _interior_step(tree: Tree, config: SearchConfig, node: torch.Tensor, slots: torch.Tensor, normaliser,
+                   going: torch.Tensor, margin: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """At interior node n ([B, 1] int64; slots = arange(k)): the slot argmax_a [pi'_a - N(c_a) / (1 + N(n))]
     (ties to the lowest) and the child behind it (-1 if not created), both [B, 1] int64. With ``margin``,
     records the decision's closest gap where ``going`` ([B, 1])."""
@@ -94,8 +96,7 @@ def _interior_step(tree: Tree, config: SearchConfig, node: torch.Tensor, slots: 
     sigma, child_visits, _ = sigma_terms(config, tree, child, prior, tree.edge_policy.gather(1, edges),
                                          parent_visits, tree.node_value_sum.gather(1, node), normaliser)
     score = nan_to_lowest(torch.softmax(prior + sigma, dim=1) - child_visits / (1.0 + parent_visits))
-    if margin is not None:
-        record_margin(margin, score, going[:, 0])
+    record_margin(margin, score, going[:, 0])
     slot = score.argmax(1, keepdim=True)  # argmax returns the first maximal index
     return slot, child.gather(1, slot)
 
@@ -132,7 +133,7 @@ def select_walk(tree: Tree, config: SearchConfig, num_survivors: int, descents: 
     for _ in range(descents):
         going = below >= 0
         node = torch.where(going, below, node)
-        chosen, child = _interior_step(tree, config, node, slots, normaliser, margin, going)
+        chosen, child = _interior_step(tree, config, node, slots, normaliser, going, margin)
         slot = torch.where(going, chosen, slot)
         depth += going
         below = torch.where(going, child, below)
@@ -199,9 +200,9 @@ def sequential_halving(tree: Tree, config: SearchConfig, simulation: int,
     if keep == 0:
         return
     survivors = tree.survivors[:, :count]
-    score, _, _ = root_scores(tree, config)
-    record_margin(margin, score.gather(1, survivors), torch.ones_like(survivors[:, 0], dtype=torch.bool))
-    rank = rank_descending(score.gather(1, survivors))
+    score = root_scores(tree, config)[0].gather(1, survivors)
+    record_margin(margin, score)
+    rank = rank_descending(score)
     ranked = torch.empty_like(survivors).scatter_(1, rank, survivors)
     tree.survivors[:, :keep] = ranked[:, :keep]
     tree.survivors[:, keep:count] = -1

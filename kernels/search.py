@@ -101,8 +101,9 @@ def root_outputs(tree: Tree, config: SearchConfig, root_actions: torch.Tensor,
     num_root = tree.num_root_actions
     score, pi_prime_scores, completed_q = reference.root_scores(tree, config)
     survivors = tree.survivors[:, :schedule.final_survivors]
-    reference.record_margin(margin, score.gather(1, survivors), torch.ones_like(survivors[:, 0], dtype=torch.bool))
-    best = nan_to_lowest(score.gather(1, survivors)).argmax(1, keepdim=True)  # first maximum = earliest survivor
+    survivor_score = score.gather(1, survivors)
+    reference.record_margin(margin, survivor_score)
+    best = nan_to_lowest(survivor_score).argmax(1, keepdim=True)  # first maximum = earliest survivor
     action_index = survivors.gather(1, best)[:, 0]
     child = tree.edge_child[:, :num_root]
     visit_counts = tree.node_visits.gather(1, child.clamp(min=0)).masked_fill_(child < 0, 0)
