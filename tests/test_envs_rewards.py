@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ezm_gpu.envs import rewards as R
+from hb_fixtures import recorded_inputs
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "humanoidbench"
 if not FIXTURES.is_dir():
@@ -38,28 +39,6 @@ def _load(env: str) -> dict:
         pytest.skip(f"missing fixture {path}")
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
-
-
-def _inputs(z: dict, dtype: torch.dtype, sl=(slice(None), slice(None))) -> R.RewardInputs:
-    """RewardInputs from recorded arrays; ``sl`` picks (episodes, steps), flattened into worlds."""
-
-    def t(key, index=None, float_=True):
-        a = z[key][sl]
-        if index is not None:
-            a = a[..., index]
-        a = torch.from_numpy(np.ascontiguousarray(a))
-        a = a.reshape(-1, *a.shape[2:]) if a.dim() >= 2 and isinstance(sl[1], slice) else a
-        return a.to(dtype) if float_ else a
-
-    return R.RewardInputs(
-        head_z=t("aux_head_z"), left_foot_z=t("aux_left_foot_z"), right_foot_z=t("aux_right_foot_z"),
-        torso_upright=t("aux_torso_upright"), com_velocity=t("aux_sensordata", slice(2, 5)),
-        actuator_force=t("aux_actuator_force"), pelvis_xpos=t("aux_pelvis_xpos"),
-        pelvis_xquat=t("aux_pelvis_xquat"), imu_xpos=t("aux_imu_xpos"), qpos=t("qpos_post"),
-        qvel=t("qvel_post"), contact_geom=t("aux_contact_geom", float_=False),
-        left_hand_xpos=t("aux_left_hand_xpos"), pelvis_upright=t("aux_pelvis_xmat_zz"),
-        chair_xpos=t("task_chair_xpos") if "task_chair_xpos" in z else None,
-    )
 
 
 def _reach_goal(z: dict, dtype: torch.dtype, sl=(slice(None), slice(None))) -> torch.Tensor:
@@ -105,7 +84,7 @@ def test_stateless_task_parity(env, dtype):
     z = _load(env)
     _sensor_check(z)
     consts = R.task_constants(env, z["meta_geom_names"], dtype=dtype)
-    inputs = _inputs(z, dtype)
+    inputs = recorded_inputs(z, dtype)
     reward, terminated, terms, state = R.compute(f"{env}-v0", inputs, consts)
     assert reward.dtype == dtype and terminated.dtype == torch.bool and reward.shape == (z["reward"].size,)
     assert state == {}
@@ -124,7 +103,7 @@ def test_maze_parity(robot, dtype):
     state = R.initial_state(env, E, dtype=dtype)
     out = {"reward": [], "terminated": [], "stage": [], "direction": [], "terms": []}
     for t in range(T):
-        reward, terminated, terms, state = R.compute(env, _inputs(z, dtype, (slice(None), t)), consts, state)
+        reward, terminated, terms, state = R.compute(env, recorded_inputs(z, dtype, (slice(None), t)), consts, state)
         out["reward"].append(reward)
         out["terminated"].append(terminated)
         out["stage"].append(state["maze_stage"])
@@ -148,7 +127,7 @@ def test_reach_parity(dtype):
     assert set(state) == {"reach_goal"} and state["reach_goal"].shape == (n, 3)
     assert state["reach_goal"].dtype == dtype and not state["reach_goal"].any()
     state["reach_goal"] = _reach_goal(z, dtype)
-    reward, terminated, terms, new_state = R.compute(f"{env}-v0", _inputs(z, dtype), None, state)
+    reward, terminated, terms, new_state = R.compute(f"{env}-v0", recorded_inputs(z, dtype), None, state)
     assert reward.dtype == dtype and set(new_state) == {"reach_goal"}
     assert new_state["reach_goal"] is state["reach_goal"]
     assert not terminated.any()
@@ -165,7 +144,7 @@ def test_reach_state_reset_keeps_goal():
 
 def test_missing_inputs_raise():
     z = _load("h1hand-sit_simple")
-    inputs = _inputs(z, torch.float64, (slice(None), slice(0, 2)))
+    inputs = recorded_inputs(z, torch.float64, (slice(None), slice(0, 2)))
     with pytest.raises(ValueError, match="sit_hard.*chair_xpos"):
         R.compute("h1hand-sit_hard", dataclasses.replace(inputs, chair_xpos=None))
     goal = {"reach_goal": torch.zeros(8, 3, dtype=torch.float64)}
@@ -188,7 +167,7 @@ def test_balance_contact_termination_on_recordings(task):
     env = f"h1hand-{task}"
     z = _load(env)
     consts = R.task_constants(env, z["meta_geom_names"])
-    fail = R.balance_contact_fail(_inputs(z, torch.float64).contact_geom, consts.sphere_geoms,
+    fail = R.balance_contact_fail(recorded_inputs(z, torch.float64).contact_geom, consts.sphere_geoms,
                                   consts.board_geoms, consts.floor_geoms).reshape(z["reward"].shape).numpy()
     fell = z["qpos_post"][..., 2] < 0.8
     by_contact = z["terminated"] & ~fell
@@ -261,7 +240,7 @@ def test_contact_discounts_see_the_recorded_contacts():
     # discount term, and the padded rows must be ignored.
     z = _load("h1-hurdle")
     consts = R.task_constants("h1-hurdle", z["meta_geom_names"])
-    hit = R.contact_touches(_inputs(z, torch.float64).contact_geom, consts.contact_geoms)
+    hit = R.contact_touches(recorded_inputs(z, torch.float64).contact_geom, consts.contact_geoms)
     assert torch.equal(hit, torch.from_numpy(z["info_wall_collision_discount"].reshape(-1) < 1))
     geoms = torch.tensor([[[-1, -1], [-1, -1]]])
     assert not R.contact_touches(geoms, torch.ones(3, dtype=torch.bool)).any()
@@ -300,7 +279,7 @@ def test_no_host_sync(monkeypatch):
         state = R.initial_state(env, 4 * 3, dtype=torch.float32)
         if "reach_goal" in state:
             state["reach_goal"] = _reach_goal(z, torch.float32, sl)
-        cases.append((env, _inputs(z, torch.float32, sl), consts, state))
+        cases.append((env, recorded_inputs(z, torch.float32, sl), consts, state))
 
     def boom(*args, **kwargs):
         raise AssertionError("host sync in reward code")
