@@ -50,7 +50,7 @@ def sizes(overrides: list) -> dict:
     from ezm_gpu.config import validate
     from ezm_gpu.kernels import init_tree
     from ezm_gpu.replay import ReplayConfig, storage_bytes
-    from ezm_gpu.train import _search, build_model, compose_config
+    from ezm_gpu.train import build_model, compose_config
 
     cfg = compose_config(overrides)
     tasks = validate(cfg)
@@ -64,8 +64,8 @@ def sizes(overrides: list) -> dict:
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     learner = 5 * params + 2 * buffers  # weights, gradients, Adam's m and v, the EMA copy; buffers twice
-    config = _search(cfg.search)
-    B, K = cfg.envs, config.num_top_actions
+    config = cfg.search.kernel_config()
+    B, K = cfg.envs, cfg.search.num_root_actions
     with torch.no_grad():
         latent = model.eval().initial_inference(probe.reset(), probe.task_ids).latent.shape[1:]
     tree = init_tree(torch.zeros(B), torch.zeros(B, K, probe.action_dim), torch.zeros(B, K), torch.zeros(B, K),

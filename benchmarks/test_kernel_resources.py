@@ -13,7 +13,7 @@ from ezm_gpu.kernels.aot import compile_kernels
 def test_sm90_kernel_resources(benchmark, num_root, num_child):
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("AOT compilation needs TRITON_INTERPRET unset")
-    reports = benchmark.pedantic(compile_kernels, kwargs=dict(arch=90, num_root=num_root, num_child=num_child),
+    reports = benchmark.pedantic(compile_kernels, kwargs=dict(arch=90, num_root_actions=num_root, num_child_actions=num_child),
                                  rounds=1, iterations=1)
     benchmark.group = "AOT compile sm_90"
     for r in reports:

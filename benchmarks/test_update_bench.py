@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import cuda_or_skip
-from ezm_gpu.kernels import SearchConfig
+from ezm_gpu.planning import SearchSettings
 from ezm_gpu.learner import Learner, LearnerConfig
 from ezm_gpu.model import EZMModel, ModelConfig
 from ezm_gpu.replay import ReplayBuffer, ReplayConfig
@@ -34,7 +34,7 @@ def _setup(preset, device):
                    torch.rand(tasks * 4, device=device, generator=g),
                    torch.full((tasks * 4,), t % 100 == 99, device=device),
                    torch.randn(tasks * 4, config.obs_dim, device=device, generator=g), validate=False)
-    return Learner(model, LearnerConfig(), SearchConfig()), replay, g
+    return Learner(model, LearnerConfig(), SearchSettings()), replay, g
 
 
 def _run(benchmark, preset, device):

@@ -8,15 +8,23 @@
   - ``canonical_device``: the device form used throughout (CUDA with an explicit index).
   - ``rewards``: the tasks' rewards and terminations as pure batched torch functions.
 
+Modules, bottom up (none imports one above it; ``tests/test_envs_layout.py``): ``device``, ``capture``,
+``assets``, ``tolerance``; ``humanoidbench_tasks`` and ``cartpole_task`` (each family's per-task functions);
+``registry`` (every task's facts, the task-id parser, the task sets); ``scene``, ``rewards``; ``base``
+(``BatchedEnv``); ``humanoidbench``, ``cartpole`` (the env classes); ``env`` (``make``); ``multitask``.
+
 Depends on mujoco, mujoco-warp, warp and torch (tensors only); never imports ezm_gpu's algorithm.
 """
 from . import rewards
 from .assets import AssetsNotFoundError, resolve_root
+from .base import BatchedEnv, CapacityOverflowError
 from .cartpole import CartpoleEnv
 from .device import canonical_device, silence_warp
-from .env import BatchedEnv, CapacityOverflowError, HumanoidBenchEnv, capacity_for, make
-from .multitask import SUCCESS_BARS, TASK_SETS, TaskSet, make_set, success_bar
-from .scene import CARTPOLE_TASKS, HARD_TASKS, HUMANOIDBENCH_ROBOTS, MEDIUM_TASKS, Capacity, parse_task_id
+from .env import make
+from .humanoidbench import HumanoidBenchEnv
+from .multitask import TaskSet, make_set
+from .registry import (CARTPOLE_TASKS, HARD_TASKS, HUMANOIDBENCH_ROBOTS, MEDIUM_TASKS, SUCCESS_BARS, TASK_SETS,
+                       Capacity, capacity_for, parse_task_id, success_bar)
 
 __all__ = [
     "make",

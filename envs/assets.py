@@ -1,4 +1,4 @@
-"""Where HumanoidBench's MJCF assets come from (``../shared/spec/envs.md`` "Assets").
+"""Where HumanoidBench's MJCF assets come from (``docs/envs.md#assets``).
 
 The asset root is the folder that contains ``humanoid_bench/assets``. It is resolved, first match wins:
 

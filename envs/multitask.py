@@ -7,32 +7,9 @@ import torch
 
 from .device import DeviceLike
 from .env import make
-from .scene import CARTPOLE_TASKS, HARD_TASKS, MEDIUM_TASKS, parse_task_id
+from .registry import SUCCESS_BARS, TASK_SETS, parse_task_id, success_bar
 
-__all__ = ["TASK_SETS", "SUCCESS_BARS", "success_bar", "TaskSet", "make_set"]
-
-TASK_SETS = {"medium": tuple(f"h1-{task}" for task in MEDIUM_TASKS),  # EZ-M's task sets (medium: obs 51,
-             "hard": tuple(f"h1hand-{task}" for task in HARD_TASKS),  # 19 actions; hard: obs 177, 61 actions)
-             "cartpole": tuple(f"cartpole-{task}" for task in CARTPOLE_TASKS)}  # cheap CPU learning check
-
-# Return (1000-step episode) at which a task counts as solved: HumanoidBench's ``success_bar`` class
-# attributes (the same for h1 and h1hand), and this project's learning-check targets for cartpole
-# (dm_control defines no bar).
-SUCCESS_BARS = {"stand": 800.0, "walk": 700.0, "run": 700.0, "stair": 700.0, "crawl": 700.0, "pole": 700.0,
-                "slide": 700.0, "hurdle": 700.0, "maze": 1200.0, "sit_simple": 750.0, "sit_hard": 750.0,
-                "balance_simple": 800.0, "balance_hard": 800.0, "reach": 12000.0,
-                "cartpole-balance": 800.0, "cartpole-swingup": 600.0}
-
-
-def success_bar(task: str) -> float:
-    """The success bar of a task id ("h1-walk", "h1hand-walk-v0", "cartpole-swingup")."""
-    task = task.removesuffix("-v0")
-    if task in SUCCESS_BARS:
-        return SUCCESS_BARS[task]
-    name = task.split("-", 1)[-1]
-    if name not in SUCCESS_BARS:
-        raise ValueError(f"no success bar for task {task!r}; known: {', '.join(SUCCESS_BARS)}")
-    return SUCCESS_BARS[name]
+__all__ = ["TASK_SETS", "SUCCESS_BARS", "success_bar", "TaskSet", "make_set"]  # the sets and bars: registry's
 
 
 class TaskSet:

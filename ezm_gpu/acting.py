@@ -1,4 +1,4 @@
-"""Acting (self-play): the actions of all W worlds for one env step (spec/ezm.md "Acting").
+"""Acting (self-play): the actions of all W worlds for one env step (``docs/algorithm.md#acting``).
 
 Every env step runs one batched EZ-M search over all worlds with the acting (EMA) model and executes
 each world's chosen root action. During a task's first ``random_steps`` transitions (release: 1000)
@@ -17,12 +17,9 @@ from typing import Optional, Union
 
 import torch
 
-from .kernels import SearchConfig
-from .reanalyze import search_positions
+from .planning import SearchSettings, search_positions
 
-__all__ = ["ActOutput", "act", "uniform_actions", "random_worlds", "RANDOM_STEPS"]
-
-RANDOM_STEPS = 1000  # release: each task's first 1000 transitions use uniform random actions
+__all__ = ["ActOutput", "act", "uniform_actions", "random_worlds"]
 
 
 @dataclasses.dataclass
@@ -44,7 +41,7 @@ def uniform_actions(action_mask: torch.Tensor, generator: Optional[torch.Generat
 
 
 def random_worlds(task_ids: torch.Tensor, transitions_per_task: torch.Tensor,
-                  random_steps: int = RANDOM_STEPS) -> torch.Tensor:
+                  random_steps: int) -> torch.Tensor:
     """Which worlds still act randomly: task_ids [W] int, transitions_per_task [T] int (transitions
     collected so far per task, on the same device) -> [W] bool, ``transitions_per_task[task] < random_steps``.
 
@@ -55,17 +52,17 @@ def random_worlds(task_ids: torch.Tensor, transitions_per_task: torch.Tensor,
 
 
 @torch.no_grad()
-def act(model, obs: torch.Tensor, task_ids: torch.Tensor, config: SearchConfig,
+def act(model, obs: torch.Tensor, task_ids: torch.Tensor, settings: SearchSettings,
         generator: Optional[torch.Generator] = None, random: Union[bool, torch.Tensor] = False,
-        **search_kwargs) -> ActOutput:
-    """The actions of W worlds: one batched EZ-M search (``reanalyze.search_positions``), or uniform draws.
+        **search_options) -> ActOutput:
+    """The actions of W worlds: one batched EZ-M search (``planning.search_positions``), or uniform draws.
 
     Args:
       model: the acting ``EZMModel`` (the EMA copy). Run in ``eval()`` mode (BatchNorm uses its running
         statistics, any W works) under ``no_grad``; its previous train/eval mode is restored afterwards.
       obs: [W, obs_dim] float raw observations (zero-padded to the task set's obs_dim).
       task_ids: [W] int64 task of each world.
-      config: the ``SearchConfig`` (release: N = 32, k = 2).
+      settings: the search (``planning.SearchSettings``; release: N = 32, K = 16, k = 2).
       generator: torch.Generator on obs' device: the search's candidate draws and value-head choice, then
         the uniform draws, in that order (so with ``random`` all False the actions equal
         ``search_positions(...)[0].action`` for the same generator state).
@@ -73,7 +70,7 @@ def act(model, obs: torch.Tensor, task_ids: torch.Tensor, config: SearchConfig,
         and the search is skipped (no model call; e.g. before any task has ``random_steps`` transitions).
         A [W] bool tensor: per world (``random_worlds``); the search runs for all W worlds and the choice
         is made on device.
-      search_kwargs: passed to ``search_positions`` (num_root, root_wide, child_wide, candidates, backend).
+      search_options: passed to ``search_positions`` (candidates, backend).
 
     Returns:
       ``ActOutput``: actions [W, A] (0 on masked dims), the per-world random flags, and the search's root
@@ -102,7 +99,7 @@ def act(model, obs: torch.Tensor, task_ids: torch.Tensor, config: SearchConfig,
     was_training = model.training
     model.eval()
     try:
-        out, initial_value = search_positions(model, obs, task_ids, config, generator, **search_kwargs)
+        out, initial_value = search_positions(model, obs, task_ids, settings, generator, **search_options)
     finally:
         model.train(was_training)
     actions = out.action

@@ -6,12 +6,20 @@ a bad one fails with the key's dotted name and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
+import pathlib
 import re
 from typing import Any, Optional
 
-__all__ = ["TrainConfig", "SearchSettings", "validate", "model_config", "ConfigError", "PRESETS", "DEVICES"]
+from .learner import LearnerConfig
+from .model import PRESETS as MODEL_PRESETS, ModelConfig
+from .planning import SearchSettings
+from .replay import ReplayConfig
 
-PRESETS = ("hard", "medium", "cpu")  # model presets (ezm_gpu.model.ModelConfig)
+__all__ = ["TrainConfig", "SearchSettings", "validate", "model_config", "ConfigError", "PRESETS", "DEVICES",
+           "config_to_yaml", "config_from_dict", "load_run_config"]
+
+PRESETS = tuple(MODEL_PRESETS)  # model presets (ezm_gpu.model.ModelConfig.<name>)
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -21,20 +29,13 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass
-class SearchSettings:
-    """The acting and reanalysis search (spec/search.md; EZ-M defaults)."""
-
-    num_simulations: int = 32  # N
-    num_root_actions: int = 16  # K root candidates (the last root_wide at 3x std)
-    root_wide: int = 12  # wide root candidates
-    num_child_actions: int = 2  # k children per node (the last child_wide wide)
-    child_wide: int = 1  # wide children
-    discount: float = 0.99  # γ
-
-
-@dataclasses.dataclass
 class TrainConfig:
-    """Top-level knobs of ``python -m ezm_gpu.train`` (override as key=value)."""
+    """Top-level knobs of ``python -m ezm_gpu.train`` (override as key=value).
+
+    The one place a run's settings are defined: a default that belongs to a component (the replay's batch and
+    n, the learner's rate and EMA, the search) is that component's, referenced here, never restated; the
+    YAML groups (configs/) only select a task set, a model preset and a search, and override.
+    """
 
     envs: int = 4096  # total worlds, split evenly across tasks
     tasks: Any = "medium"  # a task-set name (ezm_gpu.envs.TASK_SETS) or a list of task ids
@@ -44,7 +45,7 @@ class TrainConfig:
     preset: str = "medium"  # model preset: hard | medium | cpu
     out: Optional[str] = None  # run directory (default: runs/<tasks>-<timestamp>)
     resume: Optional[str] = None  # a run directory to continue from its latest checkpoint, with its config.yaml
-    batch_size: int = 512  # samples per update; each task gets batch_size // num_tasks
+    batch_size: int = ReplayConfig.batch_size  # samples per update; each task gets batch_size // num_tasks
     updates_per_step: float = 0.6  # updates per env step per task while collecting (release: 6e5 over 1M)
     final_updates: float = 0.0333333  # updates after the last env step, as a fraction of the collection's (1/30)
     start_transitions: int = 1000  # uniform-random actions until every task has this many
@@ -57,15 +58,14 @@ class TrainConfig:
     eval_episodes: int = 1  # evaluation episodes per task, run side by side; the score is their mean (release: 1)
     checkpoint_interval: int = 1000  # updates between checkpoints
     log_interval: int = 100  # updates between log lines
-    checkpoint_replay: bool = True  # checkpoints hold the replay (exact resume); false: smaller files, and a
-    # resumed run refills an empty replay
-    lr: float = 1e-4  # Adam learning rate (x0.1 after 90% of the updates)
-    ema_tau: float = 0.01  # EMA rate of the acting/reanalysis copy (release)
-    ema_interval: int = 5  # updates between EMA steps (release)
-    td_steps: int = 5  # n of the n-step value targets (release: 5)
+    checkpoint_replay: bool = True  # checkpoints hold the replay (exact resume); false: smaller, resume refills it
+    lr: float = LearnerConfig.lr  # Adam learning rate (x0.1 after 90% of the updates)
+    ema_tau: float = LearnerConfig.ema_tau  # EMA rate of the acting/reanalysis copy (release)
+    ema_interval: int = LearnerConfig.ema_interval  # updates between EMA steps (release)
+    td_steps: int = ReplayConfig.td_steps  # n of the n-step value targets (release: 5)
     action_repeat: int = 1  # env steps per agent decision (release: 1; `steps` counts env steps)
     precision: str = "auto"  # gradient step: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    model: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields over the preset (configs/preset)
+    model: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields over the preset
     search: SearchSettings = dataclasses.field(default_factory=SearchSettings)  # acting/reanalysis search
 
 
@@ -91,8 +91,6 @@ def model_config(cfg: TrainConfig, obs_dim: int, action_dim: int, num_tasks: int
 
     Raises ConfigError naming ``model.<field>`` for an unknown field or a value ModelConfig rejects.
     """
-    from .model import PRESETS as MODEL_PRESETS, ModelConfig
-
     known = {f.name for f in dataclasses.fields(ModelConfig)} - {"obs_dim", "action_dim", "num_tasks"}
     fields = dict(cfg.model or {})
     unknown = sorted(set(fields) - known)
@@ -111,6 +109,16 @@ def _model_config(cfg: TrainConfig) -> None:
     if not isinstance(cfg.model, dict):
         _fail("model", cfg.model, "a mapping of ModelConfig fields (model.hidden=256 ...)")
     model_config(cfg, obs_dim=1, action_dim=1, num_tasks=1)
+
+
+def _canonical_task(task: str) -> Optional[str]:
+    """A task id in its canonical form ("h1-walk-v0" -> "h1-walk", envs' one parser); None if unknown."""
+    from .envs import parse_task_id
+
+    try:
+        return str(parse_task_id(task))
+    except (ValueError, TypeError):
+        return None
 
 
 def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Optional[set] = None) -> list[str]:
@@ -149,10 +157,10 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
             _fail("tasks", cfg.tasks, "a task-set name (" + ", ".join(task_sets) + ") or a list of task ids")
         tasks = list(task_sets[cfg.tasks])
     elif isinstance(cfg.tasks, (list, tuple)) and cfg.tasks and all(isinstance(t, str) for t in cfg.tasks):
-        unknown = [t for t in cfg.tasks if t.removesuffix("-v0") not in known_tasks]
+        tasks = [_canonical_task(t) for t in cfg.tasks]
+        unknown = [t for t, canonical in zip(cfg.tasks, tasks) if canonical not in known_tasks]
         if unknown:
             _fail("tasks", list(cfg.tasks), f"unknown task ids {unknown}; valid: " + ", ".join(sorted(known_tasks)))
-        tasks = [t.removesuffix("-v0") for t in cfg.tasks]
         if len(set(tasks)) != len(tasks):
             _fail("tasks", list(cfg.tasks), "each task at most once")
     else:
@@ -162,7 +170,7 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
     if cfg.batch_size < len(tasks):  # each task gets batch_size // num_tasks samples (the release's rule)
         _fail("batch_size", cfg.batch_size, f"at least the number of tasks ({len(tasks)})")
     s = cfg.search
-    for key in ("num_simulations", "num_root_actions", "num_child_actions"):
+    for key in ("num_simulations", "num_top_actions", "num_root_actions", "num_child_actions"):
         _positive_int(s, f"search.{key}")
     if not 0 <= s.root_wide <= s.num_root_actions:
         _fail("search.root_wide", s.root_wide, f"between 0 and search.num_root_actions ({s.num_root_actions})")
@@ -171,3 +179,62 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
     if not 0.0 <= s.discount <= 1.0:
         _fail("search.discount", s.discount, "a number in [0, 1]")
     return tasks
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    """A run's config.yaml text."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    """A TrainConfig from plain values (composed or read back); unknown keys are a ConfigError."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown keys {unknown}; known: {', '.join(sorted(known))}")
+    values = dict(values)
+    if isinstance(values.get("search"), dict):
+        search_known = {f.name for f in dataclasses.fields(SearchSettings)}
+        bad = sorted(set(values["search"]) - search_known)
+        if bad:
+            raise ConfigError(f"unknown keys {['search.' + b for b in bad]}; known: {sorted(search_known)}")
+        values["search"] = SearchSettings(**values["search"])
+    return TrainConfig(**values)
+
+
+def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
+    """The TrainConfig a run was started with (run_dir/config.yaml).
+
+    A config written before ``updates_per_step`` replaced ``replay_ratio`` (sampled transitions per env
+    step, i.e. ``envs * replay_ratio / batch_size`` updates per decision after the warm-up) is read with the
+    ``updates_per_step`` that makes the same number of collection updates and ``final_updates: 0``, so such
+    a run evaluates and resumes with the updates it was making (on resume, the learning-rate decay moves to
+    90% of that count: the former planned count also counted the warm-up's decisions).
+    """
+    from omegaconf import OmegaConf
+
+    path = pathlib.Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: pass a run directory written by ezm_gpu.train")
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if "replay_ratio" in values:
+        values = _from_replay_ratio(values)
+    return config_from_dict(values)
+
+
+def _from_replay_ratio(values: dict) -> dict:
+    """A legacy run config's ``replay_ratio`` as the equivalent ``updates_per_step`` (and no final updates)."""
+    from .plan import plan_updates
+
+    values = dict(values)
+    ratio = values.pop("replay_ratio")
+    cfg = config_from_dict({**values, "updates_per_step": 1.0, "final_updates": 0.0})
+    tasks = validate(cfg)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < float("inf"):
+        raise ConfigError(f"invalid replay_ratio={ratio!r} (a legacy run config): a finite number > 0")
+    plan = plan_updates(cfg, cfg.envs // len(tasks))
+    learning = plan.decisions - plan.random_decisions
+    collection = math.floor(learning * cfg.envs * ratio / cfg.batch_size + 1e-6)  # what the old loop made
+    return {**values, "updates_per_step": max(collection, 1) / cfg.steps, "final_updates": 0.0}

@@ -1,4 +1,4 @@
-"""Exponential-moving-average copies of the model, for acting and reanalysis (spec/ezm.md "Loss")."""
+"""Exponential-moving-average copies of the model, for acting and reanalysis (``docs/algorithm.md#optimisation-and-ema``)."""
 from __future__ import annotations
 
 import copy

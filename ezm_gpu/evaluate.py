@@ -1,17 +1,44 @@
-"""``python -m ezm_gpu.evaluate RUN_DIR``: evaluates a run's latest checkpoint on its tasks."""
+"""Evaluation episodes of a model on its tasks, and ``python -m ezm_gpu.evaluate RUN_DIR`` (a run's latest
+checkpoint, scored on its tasks)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import pathlib
 
-from . import envs
-from .checkpoint import latest_checkpoint, load_checkpoint
-from .config import ConfigError, validate
-from .metrics import results_table
-from .train import build_model, evaluate, load_run_config, resolve_device
+import torch
 
-__all__ = ["main"]
+from . import envs
+from .acting import act
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .collect import step_repeated
+from .config import ConfigError, TrainConfig, load_run_config, validate
+from .metrics import results_table
+
+__all__ = ["evaluate", "main"]
+
+
+@torch.no_grad()
+def evaluate(model, tasks: list, cfg: TrainConfig, device: torch.device, seed: int) -> dict:
+    """``cfg.eval_episodes`` episodes of ``cfg.eval_steps`` steps per task, side by side, with search
+    (sampling noise kept, as released); returns task -> mean undiscounted return (until each episode ends)."""
+    episode_length, episodes = cfg.eval_steps, cfg.eval_episodes
+    # make_set gives each task a contiguous block of worlds: task t owns worlds [t*episodes, (t+1)*episodes)
+    world = envs.make_set(tasks, len(tasks) * episodes, device=device, seed=seed,
+                          time_limit=episode_length, ignore_termination=False)
+    obs = world.reset()
+    generator = torch.Generator(device).manual_seed(seed)
+    returns = torch.zeros(world.num_envs, device=device)
+    running = torch.ones(world.num_envs, dtype=torch.bool, device=device)
+    for _ in range(math.ceil(episode_length / cfg.action_repeat)):
+        actions = act(model, obs, world.task_ids, cfg.search, generator).actions
+        obs, reward, _, info = step_repeated(world, actions, cfg.action_repeat)
+        returns += reward * running
+        running &= ~info["done"]
+    return dict(zip(tasks, returns.view(len(tasks), episodes).mean(1).tolist()))
+
+
 
 
 def main(argv=None) -> dict:
@@ -21,6 +48,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--episodes", type=int, default=None, help="episodes per task (default: the run's)")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
     args = parser.parse_args(argv)
+    from .trainer import build_model, resolve_device  # (the trainer evaluates with ``evaluate``)
+
     try:
         cfg = load_run_config(args.run_dir)
         if args.steps is not None:

@@ -11,9 +11,9 @@ from typing import Optional
 import torch
 
 from .ema import EMA
-from .kernels import SearchConfig
 from .loss import LossWeights, UnrollPredictions, UnrollTargets, ezm_loss
 from .model import EZMModel, policy_log_prob
+from .planning import SearchSettings
 from .reanalyze import Reanalysis, reanalyze
 from .replay import ReplayBatch, ReplayBuffer
 
@@ -25,16 +25,13 @@ LATENT_GRAD_SCALE = 0.5  # the release's gradient hook on every unrolled latent
 
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
-    """Optimisation settings (spec/ezm.md "Loss"; release defaults)."""
+    """Optimisation settings (``docs/algorithm.md#optimisation-and-ema``; release defaults)."""
 
     lr: float = 1e-4  # Adam learning rate
     weight_decay: float = 2e-5  # Adam (L2) weight decay
     lr_decay_at: float = 0.9  # the rate is multiplied by 0.1 after this fraction of total_updates
     total_updates: int = 300_000  # planned updates (for the decay step)
     grad_clip: float = 5.0  # max global gradient norm
-    unroll_steps: int = 5  # K
-    td_steps: int = 5  # n of the value targets
-    discount: float = 0.99  # γ
     entropy_bonus: bool = False  # False: the release's sign (shrinks the std); True: TD-MPC2's bonus
     ema_tau: float = 0.01  # EMA rate of the acting/reanalysis copy
     ema_interval: int = 5  # updates between EMA steps
@@ -95,12 +92,9 @@ def unroll(model: EZMModel, batch: ReplayBatch, targets: Reanalysis, unroll_step
 class Learner:
     """Owns the online model, its optimiser and EMA copy; ``update`` does one training step."""
 
-    def __init__(self, model: EZMModel, config: LearnerConfig, search: SearchConfig,
-                 search_kwargs: Optional[dict] = None):
-        """``search_kwargs``: the reanalysis searches' candidate settings, passed to ``reanalyze`` (num_root,
-        root_wide, child_wide; default the release's 16 / 12 / 1). Use the acting search's own settings."""
+    def __init__(self, model: EZMModel, config: LearnerConfig, search: SearchSettings = SearchSettings()):
+        """``search``: the reanalysis searches (the acting search's settings; its discount is the targets')."""
         self.model, self.config, self.search = model, config, search
-        self.search_kwargs = dict(search_kwargs or {})
         on_cuda = next(model.parameters()).is_cuda
         # capturable keeps Adam's step counters on the device: no host read per update on CUDA.
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
@@ -110,20 +104,21 @@ class Learner:
 
     def update(self, replay: ReplayBuffer, generator: Optional[torch.Generator] = None
                ) -> dict[str, torch.Tensor]:
-        """One update from ``replay``; returns scalar tensors for logging (no host read)."""
-        c = self.config
+        """One update from ``replay``; returns scalar tensors for logging (no host read). The unroll K and
+        the value targets' n are the replay's (its windows hold K + n transitions)."""
+        c, unroll_steps = self.config, replay.config.unroll_steps
         batch = replay.sample(generator)
-        targets = reanalyze(self.ema.copy, batch, self.search, c.discount, c.unroll_steps, c.td_steps,
-                            self.updates, generator, **self.search_kwargs)
+        targets = reanalyze(self.ema.copy, batch, self.search, unroll_steps, replay.config.td_steps, self.updates,
+                            generator)
         self.model.train()
         device_type = batch.obs.device.type
         with torch.autocast(device_type, dtype=c.autocast_dtype or torch.float32, enabled=c.autocast_dtype is not None):
-            predictions, first_values = unroll(self.model, batch, targets, c.unroll_steps, generator)
+            predictions, first_values = unroll(self.model, batch, targets, unroll_steps, generator)
         predictions = UnrollPredictions(**{f.name: getattr(predictions, f.name).float()
                                            for f in dataclasses.fields(predictions)})  # the loss in float32
         step_targets = UnrollTargets(value=targets.value_targets.T, reward=targets.reward_targets.T,
-                                     mask=batch.step_mask[:, :c.unroll_steps].T, is_weight=batch.weights)
-        loss, terms = ezm_loss(predictions, step_targets, self.model.support, c.discount, c.weights,
+                                     mask=batch.step_mask[:, :unroll_steps].T, is_weight=batch.weights)
+        loss, terms = ezm_loss(predictions, step_targets, self.model.support, self.search.discount, c.weights,
                                c.entropy_bonus)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

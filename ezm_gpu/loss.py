@@ -1,4 +1,4 @@
-"""EZ-M's training loss over an unroll of K steps (spec/ezm.md "Loss"; the release's ``update_weights``).
+"""EZ-M's training loss over an unroll of K steps (``docs/algorithm.md#unroll-and-loss``; the release's ``update_weights``).
 
 Step 0 is the representation of o_t; step i+1 the dynamics unrolled with a_{t+i}. Per sample:
 

@@ -1,4 +1,4 @@
-"""The EZ-M multi-task world model (``../shared/spec/ezm.md``, "Model").
+"""The EZ-M multi-task world model (``docs/algorithm.md#model``).
 
 Modules (H = hidden, T = task embedding, A = action dims, with the release's sizes in brackets):
 

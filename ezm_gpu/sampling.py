@@ -1,8 +1,9 @@
 """Sampled candidate actions for the search: the K root candidates and the k children of a node.
 
-EZ-M (spec/ezm.md "Acting"): candidates are draws of the TD-MPC2 tanh-Gaussian policy; a share of
+EZ-M (``docs/algorithm.md#acting``): candidates are draws of the TD-MPC2 tanh-Gaussian policy; a share of
 them uses 3x the policy's standard deviation so the search also sees actions the policy would rarely
-propose. Root: K = 16 with the last 12 wide; children: k = 2, one policy draw and one wide draw.
+propose (how many: planning.SearchSettings; release: root K = 16 with the last 12 wide, children
+k = 2 with one wide).
 Squashed by tanh, clipped to +-0.999 (the tanh inverse stays finite for log-probabilities), and
 masked action dimensions (a task with fewer actuators than the set's widest) are zero.
 """
@@ -14,11 +15,9 @@ import torch
 
 from .model import sample_policy
 
-__all__ = ["sample_candidates", "ROOT_WIDE", "CHILD_WIDE", "WIDE_SCALE", "ACTION_CLIP"]
+__all__ = ["sample_candidates", "WIDE_SCALE", "ACTION_CLIP"]
 
 WIDE_SCALE = 3.0  # std multiplier of the wide draws
-ROOT_WIDE = 12  # of the K = 16 root candidates, the last 12 are wide
-CHILD_WIDE = 1  # of the k = 2 children, the last one is wide
 ACTION_CLIP = 0.999
 
 

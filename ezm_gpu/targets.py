@@ -1,4 +1,4 @@
-"""Value targets (spec/ezm.md "Replay and targets"): n-step bootstrapped values and EZ-M's mixed rule.
+"""Value targets (``docs/algorithm.md#targets-and-reanalysis``): n-step bootstrapped values and EZ-M's mixed rule.
 
 All functions are batched over samples, fixed-shape, and read nothing back to the host.
 """

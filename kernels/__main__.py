@@ -47,6 +47,8 @@ def main(argv=None) -> None:
     parser.add_argument("--trees", type=_positive, default=4096, help="B, trees searched at once")
     parser.add_argument("--simulations", type=_positive, default=32, help="N, simulations per search")
     parser.add_argument("--root-actions", type=_positive, default=16, help="K, sampled root candidates")
+    parser.add_argument("--top-actions", type=_positive, default=None,
+                        help="m0, root candidates considered (default: K, as EZ-M)")
     parser.add_argument("--child-actions", type=_positive, default=2, help="k, sampled actions per interior node")
     parser.add_argument("--action-dim", type=_positive, default=19, help="A, action dimensions (h1: 19)")
     parser.add_argument("--latent", type=_positive, default=64, help="D, latent size of the random model")
@@ -64,7 +66,8 @@ def main(argv=None) -> None:
     except ValueError as error:
         parser.error(f"--backend {args.backend}: {error}")
 
-    config = SearchConfig(num_simulations=args.simulations, num_top_actions=args.root_actions,
+    top_actions = args.root_actions if args.top_actions is None else args.top_actions
+    config = SearchConfig(num_simulations=args.simulations, num_top_actions=top_actions,
                           num_child_actions=args.child_actions)
     model = _RandomModel(args.latent, args.action_dim, args.child_actions, device)
     g = torch.Generator().manual_seed(1)

@@ -86,13 +86,13 @@ def _ptxas_report(ptx_asm: str) -> dict:
     raise RuntimeError("no bundled ptxas accepted the PTX:\n" + "\n".join(errors))
 
 
-def compile_kernels(arch: int = 90, num_root: int = 16, num_child: int = 2) -> list[KernelReport]:
+def compile_kernels(arch: int = 90, num_root_actions: int = 16, num_child_actions: int = 2) -> list[KernelReport]:
     """Compiles every search kernel for ``GPUTarget("cuda", arch, 32)``; raises if one does not compile.
 
     Args:
       arch: CUDA compute capability as an integer (90 = H100).
-      num_root: K, which sets the root tile width (next power of two).
-      num_child: k, which sets the interior tile width.
+      num_root_actions: K, which sets the root tile width (next power of two).
+      num_child_actions: k, which sets the interior tile width.
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -100,7 +100,7 @@ def compile_kernels(arch: int = 90, num_root: int = 16, num_child: int = 2) -> l
 
     target = GPUTarget("cuda", arch, 32)
     reports = []
-    for name, (constexprs, num_warps) in triton_ops.launch_params(num_root, num_child).items():
+    for name, (constexprs, num_warps) in triton_ops.launch_params(num_root_actions, num_child_actions).items():
         kernel = getattr(triton_ops, name)
         signature = dict(_SIGNATURES[name])
         missing = [arg for arg in kernel.arg_names if arg not in signature and arg not in constexprs]
@@ -117,19 +117,19 @@ def compile_kernels(arch: int = 90, num_root: int = 16, num_child: int = 2) -> l
 
 
 def _main(argv=None) -> None:
-    """``python -m ezm_gpu.kernels.aot [--arch 90] [--num-root 16] [--num-child 2] [--json]``."""
+    """``python -m ezm_gpu.kernels.aot [--arch 90] [--root-actions 16] [--child-actions 2] [--json]``."""
     import argparse
     import json
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 for H100")
-    parser.add_argument("--num-root", type=int, default=16, help="K, root candidates")
-    parser.add_argument("--num-child", type=int, default=2, help="k, children per interior node")
+    parser.add_argument("--root-actions", type=int, default=16, help="K, root candidates")
+    parser.add_argument("--child-actions", type=int, default=2, help="k, children per interior node")
     parser.add_argument("--json", action="store_true", help="one JSON object per kernel, without the PTX")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("AOT compilation needs TRITON_INTERPRET unset (the interpreter replaces the kernels)")
-    for r in compile_kernels(args.arch, args.num_root, args.num_child):
+    for r in compile_kernels(args.arch, args.root_actions, args.child_actions):
         if args.json:
             print(json.dumps({k: v for k, v in dataclasses.asdict(r).items() if k != "ptx"}))
         else:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, NamedTuple, Optional
 
 import torch
 
@@ -13,6 +13,7 @@ from .tree import Selection, Tree, expand, init_tree, nan_to_lowest
 __all__ = [
     "SearchOutput",
     "RecurrentFn",
+    "RecurrentFnOutput",
     "sampled_gumbel_search",
     "select",
     "backup",
@@ -23,9 +24,18 @@ __all__ = [
 
 Backend = Literal["torch", "triton", "inductor"]
 
-RecurrentFn = Callable[[torch.Tensor, torch.Tensor], tuple]
-"""recurrent_fn(embedding [B, D], action [B, A]) ->
-(next_embedding [B, D], reward [B], value [B], child_actions [B, k, A], child_prior_logits [B, k])."""
+class RecurrentFnOutput(NamedTuple):
+    """What ``recurrent_fn`` returns for B nodes being expanded (a plain 5-tuple in this order works too)."""
+
+    next_embedding: torch.Tensor  # [B, D, ...] latent of the new node
+    reward: torch.Tensor  # [B] reward of the edge into it
+    value: torch.Tensor  # [B] value estimate of the new node
+    child_actions: torch.Tensor  # [B, k, A] the k actions the new node's children take
+    child_prior_logits: torch.Tensor  # [B, k] their prior logits
+
+
+RecurrentFn = Callable[[torch.Tensor, torch.Tensor], RecurrentFnOutput]
+"""recurrent_fn(embedding [B, D], action [B, A]) -> RecurrentFnOutput."""
 
 
 @dataclasses.dataclass
@@ -133,7 +143,7 @@ def sampled_gumbel_search(
     backend: Optional[str] = None,
     check_finite: bool = True,
 ) -> SearchOutput:
-    """Runs EZ-M's sampled Gumbel search for B trees at once (``../shared/spec/search.md``).
+    """Runs EZ-M's sampled Gumbel search for B trees at once (``docs/search.md``).
 
     Args:
       root_embedding: [B, D] float, the root latent handed to ``recurrent_fn``.
@@ -236,8 +246,8 @@ def _check_inputs(root_embedding, root_value, root_actions, root_prior_logits, g
 def _check_model_outputs(out, root_embedding, batch, k, action_dim):
     """The first recurrent_fn call's outputs, checked once (shapes are fixed for the whole search)."""
     if not isinstance(out, (tuple, list)) or len(out) != 5:
-        raise ValueError("recurrent_fn must return (next_embedding, reward, value, child_actions, "
-                         f"child_prior_logits), got {type(out).__name__} of length "
+        raise ValueError("recurrent_fn must return a RecurrentFnOutput (next_embedding, reward, value, "
+                         f"child_actions, child_prior_logits), got {type(out).__name__} of length "
                          f"{len(out) if isinstance(out, (tuple, list)) else '-'}")
     names = ("next_embedding", "reward", "value", "child_actions", "child_prior_logits")
     shapes = (tuple(root_embedding.shape), (batch,), (batch,), (batch, k, action_dim), (batch, k))
@@ -248,4 +258,4 @@ def _check_model_outputs(out, root_embedding, batch, k, action_dim):
         if tensor.device != root_embedding.device:
             raise ValueError(f"recurrent_fn output {name} is on {tensor.device}, the search on "
                              f"{root_embedding.device}")
-    return out
+    return RecurrentFnOutput(*out)

@@ -3,12 +3,11 @@ import pytest
 import torch
 
 from ezm_gpu.acting import act, random_worlds, uniform_actions
-from ezm_gpu.kernels import SearchConfig
 from ezm_gpu.model import EZMModel, ModelConfig
-from ezm_gpu.reanalyze import search_positions
+from ezm_gpu.planning import SearchSettings, search_positions
 
 OBS, ACT, TASKS = 6, 3, 2
-CONFIG = SearchConfig(num_simulations=4, num_top_actions=4)
+CONFIG = SearchSettings(num_simulations=4, num_top_actions=4)
 TASK_IDS = torch.tensor([0, 1, 1, 0, 1])
 SYNCS = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
 
@@ -89,7 +88,7 @@ def test_uniform_actions_cover_the_valid_range():
 
 def test_random_worlds_follow_their_task_count():
     counts = torch.tensor([999, 1000])
-    assert torch.equal(random_worlds(TASK_IDS, counts), TASK_IDS == 0)
+    assert torch.equal(random_worlds(TASK_IDS, counts, random_steps=1000), TASK_IDS == 0)
     assert bool(random_worlds(TASK_IDS, counts, random_steps=1001).all())
 
 

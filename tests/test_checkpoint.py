@@ -8,7 +8,7 @@ import torch
 
 from ezm_gpu.checkpoint import (CheckpointError, CheckpointNotFoundError, capture_rng_state, checkpoint_path,
                                 latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint)
-from ezm_gpu.kernels import SearchConfig
+from ezm_gpu.planning import SearchSettings
 from ezm_gpu.learner import Learner, LearnerConfig
 from ezm_gpu.model import EZMModel, ModelConfig
 from ezm_gpu.replay import _ROW_STORAGE, ReplayBuffer
@@ -126,7 +126,7 @@ def _learner(seed):
     torch.manual_seed(seed)
     model = EZMModel(ModelConfig.cpu(obs_dim=OBS, action_dim=ACT, num_tasks=TASKS))
     config = LearnerConfig(total_updates=10, lr_decay_at=0.3, ema_interval=2)  # EMA steps at 2, 4; decay at 3
-    return Learner(model, config, SearchConfig(num_simulations=4, num_top_actions=4))
+    return Learner(model, config, SearchSettings(num_simulations=4, num_top_actions=4))
 
 
 def _snapshot(learner, replay):

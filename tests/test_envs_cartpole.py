@@ -184,8 +184,7 @@ def test_api_errors_and_no_assets(monkeypatch):
     def no_assets(*args, **kwargs):
         raise AssertionError("cartpole must not resolve HumanoidBench assets")
 
-    monkeypatch.setattr(assets, "resolve_root", no_assets)
-    monkeypatch.setattr(scene, "resolve_root", no_assets)
+    monkeypatch.setattr(assets, "resolve_root", no_assets)  # scene finds HumanoidBench's scenes through assets
     env = envs.make("cartpole-balance-v0", 2, device="cpu", seed=0, root="/nonexistent")
     assert isinstance(env, CartpoleEnv) and str(env.task) == "cartpole-balance"
     assert (env.obs_dim, env.action_dim) == (5, 1)

@@ -4,7 +4,7 @@ Step parity: from every recorded pre-step state (qpos, qvel, qacc_warmstart) and
 of all 400 recorded (episode, step) pairs at once, as 400 worlds, over every recording of both robots
 (h1's medium set, h1hand's 14 hard-set tasks). The recordings come from MuJoCo 3.1.6; MuJoCo-Warp
 (float32) follows MuJoCo 4, whose contact dynamics differ, so the comparison is a distribution bounded
-by one rule for every task (``_parity_violations``): the spec's measured version gap (spec/envs.md,
+by one rule for every task (``_parity_violations``): the spec's measured version gap (``docs/envs.md#the-step-parity-rule``,
 h1-walk), expressed as a fraction of what one step changes on the same recording, times one margin;
 threshold crossings (terminations, the 0.1 contact discounts) allowed once per recorded state that lies
 within a step of the threshold. No bound is per task. Controls are exact (float32 un-normalisation),
@@ -29,7 +29,7 @@ pytestmark = requires_shared
 
 PARITY_TASKS = tuple(f"h1-{task}" for task in MEDIUM_TASKS) + tuple(f"h1hand-{task}" for task in HARD_TASKS)
 
-# The documented MuJoCo 3.1.6 -> 4 gap (spec/envs.md: h1-walk, all 400 recorded steps, MuJoCo 4.0 C, which
+# The documented MuJoCo 3.1.6 -> 4 gap (``docs/envs.md#the-mujoco-version-gap``: h1-walk, all 400 recorded steps, MuJoCo 4.0 C, which
 # MuJoCo-Warp on CPU agrees with): per world, max |qvel diff| median 0.08; head height |diff| median 1e-5,
 # max 5e-3; reward |diff| p90 1.2e-4, p99 2.1e-3.
 SPEC_GAP = {"qvel_median": 0.08, "head_median": 1e-5, "head_max": 5e-3, "reward_p90": 1.2e-4, "reward_p99": 2.1e-3}

@@ -18,8 +18,8 @@ from ezm_gpu.kernels import triton_ops
 @pytest.mark.parametrize("num_root, num_child", [(16, 2), (5, 3), (64, 4)])
 def test_kernels_compile_for_sm90(num_root, num_child, record_property):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-m", "ezm_gpu.kernels.aot", "--arch", "90", "--num-root",
-                             str(num_root), "--num-child", str(num_child), "--json"],
+    result = subprocess.run([sys.executable, "-m", "ezm_gpu.kernels.aot", "--arch", "90", "--root-actions",
+                             str(num_root), "--child-actions", str(num_child), "--json"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads(line) for line in result.stdout.splitlines()]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ezm_gpu.kernels import SearchConfig
+from ezm_gpu.planning import SearchSettings
 from ezm_gpu.learner import Learner, LearnerConfig, entropy_estimate, unroll
 from ezm_gpu.model import EZMModel, ModelConfig
 from ezm_gpu.replay import ReplayBuffer, ReplayConfig
@@ -26,7 +26,7 @@ def _learner(**overrides):
     torch.manual_seed(0)
     model = EZMModel(ModelConfig.cpu(obs_dim=OBS, action_dim=ACT, num_tasks=TASKS))
     config = LearnerConfig(**{"total_updates": 10, "lr_decay_at": 0.3, "ema_interval": 2, **overrides})
-    return Learner(model, config, SearchConfig(num_simulations=4, num_top_actions=4))
+    return Learner(model, config, SearchSettings(num_simulations=4, num_top_actions=4))
 
 
 def test_updates_train_the_model_and_its_companions():
@@ -82,8 +82,8 @@ def test_bfloat16_autocast_update_matches_float32():
 
 
 def test_reanalysis_uses_the_configured_candidates(monkeypatch):
-    """The reanalysis searches draw their candidates like the acting search (num_root, root_wide, child_wide
-    from the run's search settings), not the release's 16 / 12 / 1 defaults."""
+    """The reanalysis searches draw their candidates like the acting search (K, root_wide, child_wide from the
+    run's search settings), not the release's 16 / 12 / 1 defaults."""
     import ezm_gpu.learner as learner_module
 
     seen = []
@@ -91,19 +91,19 @@ def test_reanalysis_uses_the_configured_candidates(monkeypatch):
 
     def recording(*args, **kwargs):
         out = real(*args, **kwargs)
-        seen.append((kwargs, out.best_actions))
+        seen.append((args[2], out.best_actions))  # reanalyze(model, batch, settings, ...)
         return out
 
     monkeypatch.setattr(learner_module, "reanalyze", recording)
     replay = _filled_replay()
     torch.manual_seed(0)
     model = EZMModel(ModelConfig.cpu(obs_dim=OBS, action_dim=ACT, num_tasks=TASKS))
-    learner = Learner(model, LearnerConfig(total_updates=10), SearchConfig(num_simulations=2, num_top_actions=2),
-                      dict(num_root=2, root_wide=0, child_wide=0))
+    search = SearchSettings(num_simulations=2, num_top_actions=2, num_root_actions=2, root_wide=0, child_wide=0)
+    learner = Learner(model, LearnerConfig(total_updates=10), search)
     learner.update(replay, torch.Generator().manual_seed(1))
-    kwargs, best = seen[0]
-    assert kwargs == dict(num_root=2, root_wide=0, child_wide=0)
-    assert best.shape == (replay.config.batch_size, LearnerConfig().unroll_steps + 1, ACT)
+    settings, best = seen[0]
+    assert settings == search  # the acting search's settings, one object
+    assert best.shape == (replay.config.batch_size, replay.config.unroll_steps + 1, ACT)
 
 
 @pytest.mark.parametrize("step", [0, 1, 2, 4])
@@ -117,7 +117,7 @@ def test_step_k_heads_reach_the_representation_at_half_to_the_k(step):
     replay, learner = _filled_replay(), _learner()
     model = learner.model.train()
     batch = replay.sample(torch.Generator().manual_seed(2))
-    targets = reanalyze(learner.ema.copy, batch, learner.search, 0.99, 5, 5, 0, torch.Generator().manual_seed(3))
+    targets = reanalyze(learner.ema.copy, batch, learner.search, 5, 5, 0, torch.Generator().manual_seed(3))
     captured = []
     hook = model.rep_blocks.register_forward_hook(
         lambda module, inputs, output: captured.append(output) if output.requires_grad else None)

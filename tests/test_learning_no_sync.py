@@ -1,7 +1,7 @@
 """Sampling, target computation (reanalysis) and the loss read nothing back to the host."""
 import torch
 
-from ezm_gpu.kernels import SearchConfig
+from ezm_gpu.planning import SearchSettings
 from ezm_gpu.loss import UnrollTargets, ezm_loss
 from ezm_gpu.learner import unroll
 from ezm_gpu.model import EZMModel, ModelConfig
@@ -19,7 +19,7 @@ def test_sample_targets_and_loss_without_host_sync(monkeypatch):
 
     forbid_host_sync(monkeypatch, "sample/targets/loss")
     batch = replay.sample(g)
-    targets = reanalyze(model.eval(), batch, SearchConfig(num_simulations=4, num_top_actions=4), 0.99, 5, 5,
+    targets = reanalyze(model.eval(), batch, SearchSettings(num_simulations=4, num_top_actions=4), 5, 5,
                         num_updates=60_000, generator=g)
     predictions, _ = unroll(model.train(), batch, targets, 5, g)
     loss, terms = ezm_loss(predictions, UnrollTargets(targets.value_targets.T, targets.reward_targets.T,

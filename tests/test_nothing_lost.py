@@ -1,6 +1,5 @@
 """Nothing lost, nothing silent: run directories, checkpoint rotation and integrity, interrupted writes,
 metrics after a kill, signals and exit codes, and one-line errors from the commands."""
-import os
 import signal
 import subprocess
 import sys
@@ -162,8 +161,8 @@ def test_signals_exit_nonzero_with_the_resume_command_and_a_second_one_ends_at_o
 
     # Resumed with checkpoint writes slowed to 3 s: the first SIGINT waits for its checkpoint, the second
     # (1 s later) ends the process at once, by the signal itself, and the previous checkpoint stays intact.
-    slow_saves = ("import sys, time\nfrom ezm_gpu import train\nsave = train.save_checkpoint\n"
-                  "train.save_checkpoint = lambda *a, **k: (time.sleep(3), save(*a, **k))[1]\n"
+    slow_saves = ("import sys, time\nfrom ezm_gpu import checkpoint, train\nsave = checkpoint.save_checkpoint\n"
+                  "checkpoint.save_checkpoint = lambda *a, **k: (time.sleep(3), save(*a, **k))[1]\n"
                   "train.main(sys.argv[1:])\n")
     rows = len(read_metrics(run_dir / "metrics.csv"))
     process = subprocess.Popen([sys.executable, "-c", slow_saves, f"resume={run_dir}"], stdout=subprocess.PIPE,

@@ -2,14 +2,14 @@
 import pytest
 import torch
 
-from ezm_gpu.kernels import SearchConfig
 from ezm_gpu.model import EZMModel, ModelConfig
-from ezm_gpu.reanalyze import reanalyze, search_positions
+from ezm_gpu.planning import SearchSettings, search_positions
+from ezm_gpu.reanalyze import reanalyze
 from ezm_gpu.replay import ReplayBatch
 from ezm_gpu.targets import n_step_values
 
 K, N_STEPS, B, OBS, ACT = 5, 5, 3, 6, 3
-CONFIG = SearchConfig(num_simulations=8, num_top_actions=4)
+CONFIG = SearchSettings(num_simulations=8, num_top_actions=4, num_root_actions=4, root_wide=2)
 
 
 def _deterministic_candidates(mean, log_std, num, num_wide, mask, generator):
@@ -37,8 +37,8 @@ def model():
 
 def test_positions_equal_direct_searches(model):
     batch = _batch(age=torch.zeros(B, dtype=torch.int64))
-    kwargs = dict(num_root=4, root_wide=2, candidates=_deterministic_candidates)
-    result = reanalyze(model, batch, CONFIG, 0.99, K, N_STEPS, num_updates=0,
+    kwargs = dict(candidates=_deterministic_candidates)
+    result = reanalyze(model, batch, CONFIG, K, N_STEPS, num_updates=0,
                        generator=torch.Generator().manual_seed(7), **kwargs)
     assert result.best_actions.shape == (B, K + 1, ACT) and result.search_values.shape == (B, K + 1)
     for j in range(K + 1):  # the same generator seed replays the same value-head draws
@@ -55,8 +55,8 @@ def test_positions_equal_direct_searches(model):
 
 def test_mixed_rule_uses_search_values_for_old_samples(model):
     batch = _batch(age=torch.tensor([0, 10**6, 10**6]))
-    kwargs = dict(num_root=4, root_wide=2, candidates=_deterministic_candidates)
-    late = reanalyze(model, batch, CONFIG, 0.99, K, N_STEPS, num_updates=60_000,
+    kwargs = dict(candidates=_deterministic_candidates)
+    late = reanalyze(model, batch, CONFIG, K, N_STEPS, num_updates=60_000,
                      generator=torch.Generator().manual_seed(1), **kwargs)
     torch.testing.assert_close(late.value_targets[1:], late.search_values[1:])
     assert not torch.allclose(late.value_targets[0], late.search_values[0])

@@ -12,8 +12,11 @@ import weakref
 import pytest
 import torch
 
+from ezm_gpu import checkpoint as checkpoint_module
+from ezm_gpu import collect, config, curriculum
 from ezm_gpu import evaluate as evaluate_cli
 from ezm_gpu import train
+from ezm_gpu.learner import Learner
 from ezm_gpu.checkpoint import latest_checkpoint, load_checkpoint
 from ezm_gpu.config import SearchSettings, TrainConfig
 from ezm_gpu.metrics import read_metrics
@@ -103,7 +106,7 @@ def test_evaluate_averages_side_by_side_episodes_per_task(monkeypatch):
     episodes, steps, seed = 3, 30, 7
     fixed = lambda model, obs, task_ids, *args, **kwargs: type("Out", (), {"actions": torch.full(
         (obs.shape[0], 1), 0.5)})()
-    monkeypatch.setattr(train, "act", fixed)
+    monkeypatch.setattr(evaluate_cli, "act", fixed)
     tasks = ["cartpole-balance", "cartpole-swingup"]
     cfg = TrainConfig(**{**SMALL, "eval_steps": steps, "eval_episodes": episodes})
     scores = train.evaluate(None, tasks, cfg, torch.device("cpu"), seed)
@@ -122,15 +125,16 @@ def test_evaluate_averages_side_by_side_episodes_per_task(monkeypatch):
 
 
 def _interrupt_at(monkeypatch, update):
-    periodic = train._periodic
+    """SIGTERM once the trainer has made ``update`` updates (through its public ``after_update``)."""
+    after_update = train.Trainer.after_update
 
-    def interrupt(cfg, counters, *args):
-        periodic(cfg, counters, *args)
-        if counters["updates"] == update:
+    def interrupt(trainer, terms):
+        after_update(trainer, terms)
+        if trainer.updates == update:
             os.kill(os.getpid(), signal.SIGTERM)  # the handler lets the update finish, then checkpoints
 
-    monkeypatch.setattr(train, "_periodic", interrupt)
-    return periodic
+    monkeypatch.setattr(train.Trainer, "after_update", interrupt)
+    return after_update
 
 
 def _run_until_interrupted(cfg: TrainConfig):
@@ -151,11 +155,11 @@ def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path, m
     parted = _run_until_interrupted(TrainConfig(out=str(tmp_path / "parted"), **SMALL))
     stopped = load_checkpoint(latest_checkpoint(parted / "checkpoints"))
     assert stopped["counters"]["updates"] == 12 and stopped["counters"]["iteration"] < 30
-    monkeypatch.setattr(train, "_periodic", periodic)
+    monkeypatch.setattr(train.Trainer, "after_update", periodic)
     _interrupt_at(monkeypatch, 60)
     late = _run_until_interrupted(TrainConfig(out=str(tmp_path / "late"), **SMALL))
     assert load_checkpoint(latest_checkpoint(late / "checkpoints"))["counters"] == {"iteration": 30, "updates": 60}
-    monkeypatch.setattr(train, "_periodic", periodic)
+    monkeypatch.setattr(train.Trainer, "after_update", periodic)
     train.run(dataclasses.replace(TrainConfig(**SMALL), resume=str(parted)))
     result = subprocess.run([sys.executable, "-m", "ezm_gpu.train", f"resume={late}"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -185,7 +189,7 @@ def test_resume_alone_rebuilds_a_non_default_run_from_its_directory(tmp_path, mo
     assert stopped.value.code == 143  # interrupted: not the exit of a finished run
     stopped = load_checkpoint(latest_checkpoint(parted / "checkpoints"))["counters"]
     assert stopped["updates"] == 12 and stopped["iteration"] < 15
-    monkeypatch.setattr(train, "_periodic", periodic)
+    monkeypatch.setattr(train.Trainer, "after_update", periodic)
     saved = (parted / "config.yaml").read_text()
     # The checkpoint is read to host memory and released once copied into the run's tensors: the first
     # update after the resume finds the loaded replay gone (on a GPU, no second replay for the whole run).
@@ -196,19 +200,19 @@ def test_resume_alone_rebuilds_a_non_default_run_from_its_directory(tmp_path, mo
         loaded.append((kw, weakref.ref(state["replay"]["rows"]["obs"])))
         return state
 
-    def check_released(*args):
+    def check_released(trainer, terms):
         gc.collect()
         released.append(loaded[0][1]() is None)
-        periodic(*args)
+        periodic(trainer, terms)
 
-    monkeypatch.setattr(train, "load_checkpoint", load_on_host)
-    monkeypatch.setattr(train, "_periodic", check_released)
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", load_on_host)
+    monkeypatch.setattr(train.Trainer, "after_update", check_released)
     used = []
-    validate = train.validate
-    monkeypatch.setattr(train, "validate", lambda cfg: used.append(cfg) or validate(cfg))
+    validate = config.validate
+    monkeypatch.setattr(config, "validate", lambda cfg: used.append(cfg) or validate(cfg))
     train.main([f"resume={parted}"])
     assert [kw for kw, _ in loaded] == [dict(map_location="cpu", mmap=True)] and released and all(released)
-    monkeypatch.setattr(train, "_periodic", periodic)
+    monkeypatch.setattr(train.Trainer, "after_update", periodic)
     assert used == [dataclasses.replace(train.load_run_config(parted), resume=str(parted))]
     assert (used[0].tasks, used[0].envs, used[0].preset) == (["cartpole-balance"], 4, "cpu")
     assert (parted / "config.yaml").read_text() == saved
@@ -233,19 +237,12 @@ def test_resume_alone_rebuilds_a_non_default_run_from_its_directory(tmp_path, mo
 
 
 def test_checkpoints_without_replay_resume_with_an_empty_replay(tmp_path, monkeypatch):
-    periodic = train._periodic
-
-    def interrupt_at_update_12(cfg, counters, *args):
-        periodic(cfg, counters, *args)
-        if counters["updates"] == 12:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(train, "_periodic", interrupt_at_update_12)
+    periodic = _interrupt_at(monkeypatch, 12)
     cfg = TrainConfig(out=str(tmp_path / "lean"), checkpoint_replay=False, **SMALL)
     run_dir = _run_until_interrupted(cfg)
     stopped = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
     assert "replay" not in stopped and {"learner", "envs", "rng", "counters"} <= set(stopped)
-    monkeypatch.setattr(train, "_periodic", periodic)
+    monkeypatch.setattr(train.Trainer, "after_update", periodic)
     train.run(dataclasses.replace(cfg, resume=str(run_dir)))
     final = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
     assert final["counters"]["iteration"] == 30 and final["counters"]["updates"] > stopped["counters"]["updates"]
@@ -254,7 +251,7 @@ def test_checkpoints_without_replay_resume_with_an_empty_replay(tmp_path, monkey
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    update = train.Learner.update
+    update = Learner.update
 
     def poisoned(self, replay, generator=None):
         terms = update(self, replay, generator)
@@ -262,7 +259,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
             terms["loss"] = torch.tensor(float("nan"))
         return terms
 
-    monkeypatch.setattr(train.Learner, "update", poisoned)
+    monkeypatch.setattr(Learner, "update", poisoned)
     with pytest.raises(train.TrainingDiverged, match="loss became nan at update 8; the last good checkpoint"):
         train.run(TrainConfig(out=str(tmp_path / "nan"), **SMALL))
     good = load_checkpoint(latest_checkpoint(tmp_path / "nan" / "checkpoints"))
@@ -275,7 +272,7 @@ def test_training_staggers_first_episodes_and_scores_only_full_ones(tmp_path, mo
     from ezm_gpu import envs
 
     resets, steps, pushed = [], [], []
-    reset, step_repeated, push = envs.TaskSet.reset, train.step_repeated, train.push_recent_returns
+    reset, step_repeated, push = envs.TaskSet.reset, collect.step_repeated, curriculum.push_recent_returns
 
     def recording_reset(self, *args, **kwargs):
         obs = reset(self, *args, **kwargs)
@@ -293,8 +290,8 @@ def test_training_staggers_first_episodes_and_scores_only_full_ones(tmp_path, mo
         return push(recent, recent_count, task_ids, done, episode_return)
 
     monkeypatch.setattr(envs.TaskSet, "reset", recording_reset)
-    monkeypatch.setattr(train, "step_repeated", recording_step)
-    monkeypatch.setattr(train, "push_recent_returns", recording_push)
+    monkeypatch.setattr(collect, "step_repeated", recording_step)
+    monkeypatch.setattr(curriculum, "push_recent_returns", recording_push)
     cfg = TrainConfig(out=str(tmp_path / "run"), **{**SMALL, "envs": 16, "episode_length": 8, "action_repeat": 2,
                                                      "steps": 480, "updates_per_step": 0.05,
                                                      "final_updates": 0.0})  # 30 decisions, 24 updates
@@ -322,17 +319,17 @@ def test_training_staggers_first_episodes_and_scores_only_full_ones(tmp_path, mo
 def test_nan_weights_stop_the_run_as_diverged(tmp_path, monkeypatch):
     """NaN weights reach acting (NaN actions into the envs), the search and the targets (two_hot of NaN):
     the run must end with TrainingDiverged, not an index error, and keep its last good checkpoint."""
-    periodic = train._periodic
+    after_update = train.Trainer.after_update
 
-    def poison_at_update_6(cfg, counters, terms, returns, metrics, learner, *args):
-        periodic(cfg, counters, terms, returns, metrics, learner, *args)
-        if counters["updates"] == 6:  # (a logging update: _periodic runs)
+    def poison_at_update_6(trainer, terms):
+        after_update(trainer, terms)
+        if trainer.updates == 6:
             with torch.no_grad():
-                for model in (learner.model, learner.ema.copy):
+                for model in (trainer.learner.model, trainer.learner.ema.copy):
                     for p in model.parameters():
                         p.fill_(float("nan"))
 
-    monkeypatch.setattr(train, "_periodic", poison_at_update_6)
+    monkeypatch.setattr(train.Trainer, "after_update", poison_at_update_6)
     with pytest.raises(train.TrainingDiverged, match=r"loss became nan at update 7"):
         train.run(TrainConfig(out=str(tmp_path / "nan"), **SMALL))
     assert load_checkpoint(latest_checkpoint(tmp_path / "nan" / "checkpoints"))["counters"]["updates"] == 5

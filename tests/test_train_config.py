@@ -58,15 +58,34 @@ from ezm_gpu.train import CONFIG_GROUPS, compose_config, config_group_options  #
 
 def test_default_composition_is_the_dataclass_default():
     composed = compose_config([])
-    assert composed.tasks == list(TASK_SETS["medium"])
-    # The yaml spells out the medium preset; everything else equals TrainConfig's defaults.
-    assert dataclasses.replace(composed, tasks="medium", model={}) == TrainConfig()
+    assert validate(composed) == list(TASK_SETS["medium"])
+    # The preset group spells out the medium model (ezm_gpu.model.PRESETS); everything else is TrainConfig's.
+    assert dataclasses.replace(composed, model={}) == TrainConfig()
+
+
+def test_yaml_files_select_and_override_without_restating_defaults():
+    """Every value a config file sets differs from what it would otherwise be (TrainConfig's default, the
+    search's default): a file that restated a default would be a second place defining it."""
+    import yaml
+    from importlib import resources
+
+    defaults = dataclasses.asdict(TrainConfig())
+    root = resources.files("ezm_gpu.configs")
+    train = yaml.safe_load(root.joinpath("train.yaml").read_text())
+    assert set(train) == {"defaults"}
+    for group in ("task_set", "search"):
+        for name in config_group_options(group):
+            values = yaml.safe_load(root.joinpath(group, f"{name}.yaml").read_text()) or {}
+            base = defaults["search"] if group == "search" else defaults
+            restated = {k: v for k, v in values.items() if base.get(k) == v}
+            assert not restated, f"configs/{group}/{name}.yaml restates defaults {restated}"
+    assert not root.joinpath("preset").is_dir()  # presets are ezm_gpu.model.PRESETS, registered by ezm_gpu.cli
 
 
 def test_task_set_group_lists_the_library_sets():
     assert set(config_group_options("task_set")) <= set(TASK_SETS)
     for name in config_group_options("task_set"):
-        assert compose_config([f"task_set={name}"]).tasks == list(TASK_SETS[name])
+        assert validate(compose_config([f"task_set={name}"])) == list(TASK_SETS[name])
     cartpole = compose_config(["task_set=cartpole"])
     assert (cartpole.steps, cartpole.episode_length) == (100_000, 1000)
 
@@ -100,7 +119,7 @@ def test_top_level_keys_do_not_collide_with_groups():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("preset=huge", r"invalid preset='huge': one of cpu, hard, medium \(configs/preset/\*.yaml\)"),
+    ("preset=huge", r"invalid preset='huge': one of cpu, hard, medium \(ezm_gpu.model.PRESETS\)"),
     ("search=wide", r"invalid search='wide': one of ezm, small"),
     ("task_set=hardest", r"invalid task_set='hardest': one of cartpole, hard, medium"),
 ])
@@ -121,7 +140,7 @@ def _plan(overrides):
 
 @pytest.mark.parametrize("task_set, steps, batch", [("medium", 1_000_000, 512), ("hard", 2_000_000, 1024)])
 def test_release_sets_plan_the_release_updates_at_any_number_of_worlds(task_set, steps, batch):
-    """spec/ezm.md: 6e5 updates over 1M (medium) or 2M (hard) env steps per task, + 2e4 at the end."""
+    """``docs/algorithm.md#update-budget``: 6e5 updates over 1M (medium) or 2M (hard) env steps per task, + 2e4 at the end."""
     plan = _plan([f"task_set={task_set}", "envs=4096"])
     assert plan.total == pytest.approx(6.2e5, rel=0.01) and plan.collection == pytest.approx(6e5, rel=0.01)
     assert compose_config([f"task_set={task_set}"]).steps == steps
@@ -156,7 +175,7 @@ def test_the_schedule_spreads_the_plan_exactly_over_the_decisions_after_the_warm
 def test_a_legacy_run_config_reads_replay_ratio_as_the_updates_it_made(tmp_path):
     from omegaconf import OmegaConf
 
-    from ezm_gpu.train import _to_yaml
+    from ezm_gpu.config import config_to_yaml as _to_yaml
 
     cfg = TrainConfig(tasks=["cartpole-balance", "cartpole-swingup"], envs=64, steps=100_000, batch_size=128,
                       action_repeat=2, preset="cpu")
