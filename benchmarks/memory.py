@@ -64,7 +64,7 @@ def sizes(overrides: list) -> dict:
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     learner = 5 * params + 2 * buffers  # weights, gradients, Adam's m and v, the EMA copy; buffers twice
-    config = cfg.search.kernel_config()
+    config = cfg.search.kernel_config
     B, K = cfg.envs, cfg.search.num_root_actions
     with torch.no_grad():
         latent = model.eval().initial_inference(probe.reset(), probe.task_ids).latent.shape[1:]

@@ -8,6 +8,7 @@ them considered, k children per node.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Optional
 
 import torch
@@ -35,8 +36,9 @@ class SearchSettings:
     root_wide: int = 12  # of the K root candidates, the last root_wide use 3x std
     child_wide: int = 1  # of the k children, the last child_wide use 3x std
 
+    @functools.cached_property
     def kernel_config(self) -> SearchConfig:
-        """The kernels' ``SearchConfig`` of these settings."""
+        """The kernels' ``SearchConfig`` of these settings (built once: every search of a run reuses it)."""
         return SearchConfig(num_simulations=self.num_simulations, num_top_actions=self.num_top_actions,
                             num_child_actions=self.num_child_actions, discount=self.discount)
 
@@ -64,5 +66,5 @@ def search_positions(model, obs: torch.Tensor, task_ids: torch.Tensor, settings:
                                  torch.zeros_like(children[..., 0]))
 
     out = sampled_gumbel_search(root.latent, root.value, root_actions, torch.zeros_like(root_actions[..., 0]),
-                                recurrent_fn, settings.kernel_config(), backend=backend, check_finite=False)
+                                recurrent_fn, settings.kernel_config, backend=backend, check_finite=False)
     return out, root.value

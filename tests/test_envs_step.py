@@ -13,6 +13,7 @@ hard-set rewards add (left hand site, pelvis upright, sit's chair body) and reac
 observation (qpos ⊕ qvel ⊕ left hand ⊕ goal) are compared too.
 """
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -53,6 +54,7 @@ def _qvel_change(z):
     return np.abs(z["qvel_post"] - z["state_pre"][..., 1 + nq:1 + nq + nv]).max(-1).reshape(-1)
 
 
+@functools.lru_cache(maxsize=None)
 def _spec_fractions():
     """The spec's gap as a fraction of one step's change on the same recording (h1-walk): the state
     fraction (qvel gap median / qvel step change median) and the reward fractions at p90 and p99."""
