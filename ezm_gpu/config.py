@@ -59,7 +59,8 @@ class TrainConfig:
     checkpoint_interval: int = 1000  # updates between checkpoints
     log_interval: int = 100  # updates between log lines
     checkpoint_replay: bool = True  # checkpoints hold the replay (exact resume); false: smaller, resume refills it
-    lr: float = LearnerConfig.lr  # Adam learning rate (x0.1 after 90% of the updates)
+    lr: float = LearnerConfig.lr  # Adam learning rate (x0.1 once lr_decay_at of the planned updates are done)
+    lr_decay_at: float = LearnerConfig.lr_decay_at  # fraction of the planned updates before the x0.1 step (>= 1: none)
     ema_tau: float = LearnerConfig.ema_tau  # EMA rate of the acting/reanalysis copy (release)
     ema_interval: int = LearnerConfig.ema_interval  # updates between EMA steps (release)
     td_steps: int = ReplayConfig.td_steps  # n of the n-step value targets (release: 5)
@@ -144,7 +145,7 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
     if cfg.precision not in PRECISIONS:
         _fail("precision", cfg.precision, "one of " + ", ".join(PRECISIONS))
     _model_config(cfg)
-    for key in ("updates_per_step", "lr"):
+    for key in ("updates_per_step", "lr", "lr_decay_at"):
         _finite_number(cfg, key, zero_allowed=False)
     _finite_number(cfg, "final_updates", zero_allowed=True)
     if isinstance(cfg.ema_tau, bool) or not isinstance(cfg.ema_tau, (int, float)) or not 0 < cfg.ema_tau <= 1:

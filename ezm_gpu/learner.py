@@ -29,7 +29,7 @@ class LearnerConfig:
 
     lr: float = 1e-4  # Adam learning rate
     weight_decay: float = 2e-5  # Adam (L2) weight decay
-    lr_decay_at: float = 0.9  # the rate is multiplied by 0.1 after this fraction of total_updates
+    lr_decay_at: float = 0.9  # the rate is multiplied by 0.1 after this fraction of total_updates (>= 1: never)
     total_updates: int = 300_000  # planned updates (for the decay step)
     grad_clip: float = 5.0  # max global gradient norm
     entropy_bonus: bool = False  # False: the release's sign (shrinks the std); True: TD-MPC2's bonus
@@ -125,7 +125,7 @@ class Learner:
         terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         self.optimizer.step()
         self.updates += 1
-        if self.updates == int(c.lr_decay_at * c.total_updates):
+        if c.lr_decay_at < 1 and self.updates == int(c.lr_decay_at * c.total_updates):
             for group in self.optimizer.param_groups:
                 group["lr"] = c.lr * 0.1
         priorities = (first_values.mean(0) - targets.value_targets[:, 0]).abs() + 1e-6

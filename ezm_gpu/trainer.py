@@ -154,7 +154,7 @@ class Trainer:
         worlds_per_task = [s.stop - s.start for s in world.slices]
         self.plan = plan = plan_updates(cfg, min(worlds_per_task))
         self.learner = Learner(build_model(cfg, world, device), LearnerConfig(
-            lr=cfg.lr, ema_tau=cfg.ema_tau, ema_interval=cfg.ema_interval, total_updates=max(1, plan.total),
+            lr=cfg.lr, lr_decay_at=cfg.lr_decay_at, ema_tau=cfg.ema_tau, ema_interval=cfg.ema_interval, total_updates=max(1, plan.total),
             autocast_dtype=_autocast_dtype(cfg.precision, device)), cfg.search)
         # A resumed run reads its checkpoint once, mapped (only the bytes used are read, into host memory), and
         # keeps the replay size it was saved with; a new run sizes the replay to what it can fill.

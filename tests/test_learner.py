@@ -51,6 +51,20 @@ def test_updates_train_the_model_and_its_companions():
     assert learner.updates == 3
 
 
+
+@pytest.mark.parametrize("decay_at, decayed_from", [(0.3, 3), (1.0, None), (2.0, None)])
+def test_learning_rate_steps_once_at_its_fraction_or_never(decay_at, decayed_from):
+    """The x0.1 step comes after ``lr_decay_at`` of the planned updates; at 1 or more it never comes (not even
+    at the last planned update, which a resume with more steps would carry into its extra updates)."""
+    replay, learner = _filled_replay(), _learner(lr=1e-4, total_updates=10, lr_decay_at=decay_at)
+    g = torch.Generator().manual_seed(1)
+    rates = []
+    for _ in range(11):  # one more than planned
+        learner.update(replay, g)
+        rates.append(learner.optimizer.param_groups[0]["lr"])
+    expected = [1e-5 if decayed_from is not None and u >= decayed_from else 1e-4 for u in range(1, 12)]
+    assert rates == pytest.approx(expected)
+
 def test_repeated_updates_lower_the_loss_on_fixed_data():
     replay, learner = _filled_replay(), _learner(lr=1e-3, total_updates=1000)
     losses = [float(learner.update(replay, torch.Generator().manual_seed(3))["total"]) for _ in range(15)]

@@ -34,6 +34,7 @@ def test_defaults_resolve_the_medium_set():
     (dict(final_updates=float("nan")), r"invalid final_updates=nan: a finite number >= 0"),
     (dict(final_updates=float("inf")), r"invalid final_updates=inf: a finite number >= 0"),
     (dict(lr=float("nan")), r"invalid lr=nan: a finite number > 0"),
+    (dict(lr_decay_at=0.0), r"invalid lr_decay_at=0.0: a finite number > 0"),
     (dict(ema_tau=0.0), r"invalid ema_tau=0.0: a number in \(0, 1\]"),
     (dict(ema_interval=0), r"invalid ema_interval=0: an integer >= 1"),
     (dict(td_steps=0), r"invalid td_steps=0: an integer >= 1"),
