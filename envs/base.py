@@ -77,7 +77,10 @@ class BatchedEnv:
 
     Attributes:
       task: the TaskId; spec: its registry.TaskSpec; obs_dim, action_dim; num_envs; device
-        (torch.device); mj_model; time_limit; capacity.
+        (torch.device); mj_model (MuJoCo's C model); model, data (MuJoCo-Warp's, shared with the env:
+        read them, do not step them); time_limit; capacity.
+      qpos [W, nq], qvel [W, nv], ctrl [W, nu]: copies of the physics state and the last controls;
+      ctrl_low, ctrl_high [nu]: the actuators' float32 control range (action -1 and +1).
       episode_return [W] float32, episode_length [W] int64: of the current episode (steps taken since
         the world's last reset).
       start_elapsed [W] int64: steps credited toward the time limit at the start of the current
@@ -156,6 +159,15 @@ class BatchedEnv:
         ``self.state`` and ``self._overflow_seen``. No host synchronisation."""
         raise NotImplementedError
 
+    def _readouts(self) -> dict:
+        """``step(readouts=True)``'s task-specific readouts after the physics, before any reset: name ->
+        copies of tensors with a leading [W] (nothing by default)."""
+        return {}
+
+    def _after_set_state(self) -> None:
+        """Brings derived quantities the observation reads (poses) in line with a state written by
+        ``set_state`` (nothing by default: most observations read qpos and qvel only)."""
+
     def _reset_task_state(self, mask: torch.Tensor) -> None:
         """Resets the task state of the worlds where mask [W] is True (nothing by default). Runs after
         the new qpos/qvel are written and before the reset counter advances, so its draws
@@ -203,15 +215,53 @@ class BatchedEnv:
         choices = max(self.time_limit // multiple, 1)
         return ((k * choices) >> 24) * multiple
 
+    @property
+    def qpos(self) -> torch.Tensor:
+        """[W, nq] float32 joint positions of every world (a copy)."""
+        return self._qpos.clone()
+
+    @property
+    def qvel(self) -> torch.Tensor:
+        """[W, nv] float32 joint velocities of every world (a copy)."""
+        return self._qvel.clone()
+
+    @property
+    def ctrl(self) -> torch.Tensor:
+        """[W, nu] float32 controls of the last step (a copy; 0 in a world reset since). ``step(...,
+        readouts=True)`` reports the controls a step applied even where the world then reset."""
+        return self._ctrl.clone()
+
+    @property
+    def ctrl_low(self) -> torch.Tensor:
+        """[nu] float32 lower end of each actuator's control range (the control of action -1)."""
+        return self._ctrl_low.clone()
+
+    @property
+    def ctrl_high(self) -> torch.Tensor:
+        """[nu] float32 upper end of each actuator's control range (the control of action +1)."""
+        return self._ctrl_high.clone()
+
+    def reset_worlds(self, mask: torch.Tensor) -> torch.Tensor:
+        """Resets the worlds where mask [W] bool is True (each draws its next reset), on device without
+        reading the mask; the others keep their state. Returns obs [W, obs_dim]."""
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (self.num_envs,):
+            raise ValueError(f"mask must be a [num_envs] = [{self.num_envs}] bool tensor, got "
+                             f"{(mask.dtype, list(mask.shape)) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+        check_device(mask, self.device, "mask", "env")
+        self._reset_worlds(mask)
+        return self.observation()
+
     def set_state(self, qpos: torch.Tensor, qvel: torch.Tensor, qacc_warmstart: Optional[torch.Tensor] = None,
                   state: Optional[dict] = None) -> None:
         """Overwrites the physics state of every world ([W, nq], [W, nv], optional [W, nv] warmstart)
-        and optionally the task state (e.g. the maze stage); for replays and tests."""
+        and optionally the task state (e.g. the maze stage), for replays and tests; ``observation()``
+        then shows the new state (poses it reads are recomputed)."""
         self._qpos.copy_(qpos)
         self._qvel.copy_(qvel)
         self._warmstart.copy_(qacc_warmstart if qacc_warmstart is not None else torch.zeros_like(self._warmstart))
         if state is not None:
             self.state = {k: v.to(self.device) for k, v in state.items()}
+        self._after_set_state()
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue these worlds exactly: physics state (qpos, qvel,
@@ -308,7 +358,7 @@ class BatchedEnv:
         for _ in range(self.frame_skip):
             mjw.step(self.model, self.data)
 
-    def step(self, action: torch.Tensor, validate: bool = True):
+    def step(self, action: torch.Tensor, validate: bool = True, readouts: bool = False):
         """One env step (``frame_skip`` physics steps) for every world, with auto-reset.
 
         Args:
@@ -316,6 +366,9 @@ class BatchedEnv:
             when ``validate``; without it, a world with a NaN action steps with zero controls and ends
             diverged (reward 0, truncated, reset).
           validate: read one flag back to check for NaN actions and earlier capacity overflow.
+          readouts: also report what the step read, before its auto-reset (copies, for tests and
+            diagnostics; off the training path): ``ctrl`` [W, nu] the controls applied, and the task's
+            own (HumanoidBench: ``reward_inputs``, the ``rewards.RewardInputs`` fields by name).
 
         Returns:
           obs [W, obs_dim] (the new episode's first observation where a world was reset), reward [W],
@@ -347,5 +400,7 @@ class BatchedEnv:
         done = terminated | truncated
         info = dict(terms, final_observation=obs, episode_return=self.episode_return.clone(),
                     episode_length=self.episode_length.clone(), done=done, diverged=diverged)
+        if readouts:
+            info.update(self._readouts(), ctrl=self._ctrl.clone())
         self._reset_worlds(done)
         return torch.where(done[:, None], self.observation(), obs), reward, terminated, truncated, info

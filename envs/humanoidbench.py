@@ -132,6 +132,25 @@ class HumanoidBenchEnv(BatchedEnv):
             # substep's forward pass) per env step, for the tasks that need it (reach).
             self._kinematics()
 
+    @property
+    def reset_keyframe(self) -> torch.Tensor:
+        """[nq] float32 the scene's keyframe 0: the reset pose before noise (a copy)."""
+        return self._key_qpos.clone()
+
+    def contacts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The contacts of the last physics substep, by world: [W, C, 2] int64 geom pairs (-1 padded;
+        C = ``capacity.contacts``) and [W] bool, True where a world had more than C (the rest are not listed)."""
+        return self._contacts_by_world()
+
+    def _after_set_state(self) -> None:
+        if self.spec.kinematics_after_reset:
+            self._kinematics()
+
+    def _readouts(self) -> dict:
+        inputs = self._reward_inputs()
+        return {"reward_inputs": {f.name: None if getattr(inputs, f.name) is None else getattr(inputs, f.name).clone()
+                                  for f in dataclasses.fields(inputs)}}
+
     def _kinematics(self) -> None:
         """MuJoCo-Warp's forward kinematics (xpos, xquat, xmat, site and geom poses) of every world."""
         import mujoco_warp as mjw

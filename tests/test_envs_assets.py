@@ -1,9 +1,11 @@
 """Asset resolution order, the pinned-archive download (served from loopback), and its errors."""
 import hashlib
+import importlib
 import http.server
 import io
 import os
 import pathlib
+import sys
 import tarfile
 import threading
 
@@ -69,6 +71,25 @@ def serve():
     server.server_close()
 
 
+def _without_installed_package(monkeypatch):
+    """Hides any humanoid_bench package from the import system (the resolver finds one through it)."""
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not (pathlib.Path(p or ".") / "humanoid_bench").exists()])
+    importlib.invalidate_caches()
+
+
+def _installed_package(monkeypatch, site: pathlib.Path, with_assets: bool = True) -> pathlib.Path:
+    """A humanoid_bench package under ``site`` (first on sys.path) that must never be imported."""
+    package = site / "humanoid_bench"
+    if with_assets:
+        (package / "assets/envs").mkdir(parents=True)
+        (package / "assets/envs/h1_pos_walk.xml").write_text(site.name)
+    else:
+        package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('humanoid_bench must not be imported')\n")
+    monkeypatch.syspath_prepend(str(site))  # (invalidates the import caches)
+    return site
+
+
 @pytest.fixture
 def isolated(monkeypatch, tmp_path):
     """No env root, no installed package, an empty cache under tmp_path."""
@@ -76,7 +97,7 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.delenv(assets.URL_ENV, raising=False)
     monkeypatch.delenv(assets.SHA256_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(assets, "_installed_package_root", lambda: None)
+    _without_installed_package(monkeypatch)
     # The served archives hold FILES only: verify against their manifest (the shipped one is tested below).
     monkeypatch.setattr(assets, "read_manifest", lambda path=None: {rel: hashlib.sha256(_content(rel)).hexdigest()
                                                                    for rel in FILES})
@@ -143,17 +164,20 @@ def test_resolution_order(isolated, monkeypatch, tmp_path):
         (root / "humanoid_bench/assets/envs/h1_pos_walk.xml").write_text(name)
         return root
 
-    explicit, env, package, cached = (make_root(n) for n in ("explicit", "env", "package", "cached"))
-    monkeypatch.setattr(assets, "cache_dir", lambda commit=assets.HUMANOIDBENCH_COMMIT: cached)
-    monkeypatch.setattr(assets, "_installed_package_root", lambda: package)
+    explicit, env = make_root("explicit"), make_root("env")
+    package = _installed_package(monkeypatch, tmp_path / "site")
+    cached = assets.cache_dir()  # $XDG_CACHE_HOME (isolated's) /ezm_gpu/humanoid_bench/<commit>
+    (cached / "humanoid_bench/assets/envs").mkdir(parents=True)
+    (cached / "humanoid_bench/assets/envs/h1_pos_walk.xml").write_text("cached")
     monkeypatch.setenv(assets.ROOT_ENV, str(env))
     assert assets.resolve_root(explicit) == explicit
     assert assets.resolve_root() == env
     monkeypatch.delenv(assets.ROOT_ENV)
     assert assets.resolve_root() == package
-    monkeypatch.setattr(assets, "_installed_package_root", lambda: None)
+    sys.path.remove(str(package))
+    importlib.invalidate_caches()
     assert assets.resolve_root() == cached
-    monkeypatch.setattr(assets, "cache_dir", lambda commit=assets.HUMANOIDBENCH_COMMIT: tmp_path / "empty")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
     with pytest.raises(assets.AssetsNotFoundError, match="download disabled"):
         assets.resolve_root(download=False)
 
@@ -167,16 +191,16 @@ def test_wrong_explicit_or_env_root_is_named(isolated, monkeypatch, tmp_path):
 
 
 def test_installed_package_is_found_without_importing_it(isolated, monkeypatch, tmp_path):
-    package = tmp_path / "site" / "humanoid_bench"
-    (package / "assets/envs").mkdir(parents=True)
-    (package / "assets/envs/h1_pos_walk.xml").write_text("x")
-    (package / "__init__.py").write_text("raise RuntimeError('humanoid_bench must not be imported')\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setattr(assets, "_installed_package_root", _real_finder)  # undo `isolated`'s stub
-    assert assets.resolve_root() == tmp_path / "site"
+    site = _installed_package(monkeypatch, tmp_path / "site")
+    assert assets.resolve_root() == site
+    assert "humanoid_bench" not in sys.modules
 
 
-_real_finder = assets._installed_package_root
+def test_installed_package_without_assets_is_passed_over(isolated, monkeypatch, tmp_path):
+    site = _installed_package(monkeypatch, tmp_path / "site", with_assets=False)
+    with pytest.raises(assets.AssetsNotFoundError, match=rf"installed humanoid_bench package \({site}\)"):
+        assets.resolve_root(download=False)
+
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/humanoidbench is not present")

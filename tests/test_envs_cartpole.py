@@ -84,15 +84,15 @@ def test_one_step_matches_mujoco_c():
         mujoco.mj_resetData(m, d)
         d.qpos[:], d.qvel[:], d.ctrl[:] = qpos[w], qvel[w], ctrl[w]
         mujoco.mj_step(m, d)
-        np.testing.assert_allclose(env._qpos[w].numpy(), d.qpos, rtol=0, atol=QPOS_ATOL, err_msg=str(w))
-        np.testing.assert_allclose(env._qvel[w].numpy(), d.qvel, rtol=0, atol=QVEL_ATOL, err_msg=str(w))
+        np.testing.assert_allclose(env.qpos[w].numpy(), d.qpos, rtol=0, atol=QPOS_ATOL, err_msg=str(w))
+        np.testing.assert_allclose(env.qvel[w].numpy(), d.qvel, rtol=0, atol=QVEL_ATOL, err_msg=str(w))
         # The observation is dm_control's: cart x, the pole's xmat zz and xz, then qvel.
         mujoco.mj_forward(m, d)
         pole = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "pole_1")
         zz, xz = d.xmat[pole][8], d.xmat[pole][2]
         np.testing.assert_allclose(obs[w].numpy(), [d.qpos[0], zz, xz, d.qvel[0], d.qvel[1]], rtol=0,
                                    atol=QVEL_ATOL, err_msg=str(w))
-    assert (env._qpos[:, 0].abs() < 1.9).all()  # the limit holds the cart
+    assert (env.qpos[:, 0].abs() < 1.9).all()  # the limit holds the cart
     env.check()  # the limit's constraint row fits the capacity
 
 
@@ -112,7 +112,7 @@ def test_reset_distributions_and_seeding():
     W = 4096
     balance = envs.make("cartpole-balance", W, device="cpu", seed=5)
     balance.reset()
-    x, theta = balance._qpos[:, 0], balance._qpos[:, 1]
+    x, theta = balance.qpos[:, 0], balance.qpos[:, 1]
     assert x.abs().max() <= BALANCE_CART_RANGE and x.abs().max() > 0.99 * BALANCE_CART_RANGE
     assert theta.abs().max() <= BALANCE_ANGLE_RANGE and theta.abs().max() > 0.99 * BALANCE_ANGLE_RANGE
     for values, half in ((x, BALANCE_CART_RANGE), (theta, BALANCE_ANGLE_RANGE)):  # U(-half, half)
@@ -120,8 +120,8 @@ def test_reset_distributions_and_seeding():
         assert abs(float(values.std()) - half / 3 ** 0.5) < 0.03 * half
     swingup = envs.make("cartpole-swingup", W, device="cpu", seed=5)
     obs = swingup.reset()
-    for values in (swingup._qpos[:, 0], swingup._qpos[:, 1] - math.pi, swingup._qvel[:, 0], swingup._qvel[:, 1],
-                   balance._qvel[:, 0], balance._qvel[:, 1]):  # all 0.01 * N(0, 1)
+    for values in (swingup.qpos[:, 0], swingup.qpos[:, 1] - math.pi, swingup.qvel[:, 0], swingup.qvel[:, 1],
+                   balance.qvel[:, 0], balance.qvel[:, 1]):  # all 0.01 * N(0, 1)
         assert abs(float(values.mean())) < 1e-3 and abs(float(values.std()) - 0.01) < 5e-4
         assert 0.03 < float(values.abs().max()) < 0.06
     assert (obs[:, 1] < -0.99).all()  # pole down: cos θ ≈ -1
@@ -134,8 +134,8 @@ def test_reset_distributions_and_seeding():
     b = envs.make("cartpole-balance", 4, device="cpu", seed=2)
     a.reset(), a.reset()
     b.reset()
-    b._reset_worlds(torch.tensor([False, True, False, False]))
-    assert torch.equal(a._qpos[1], b._qpos[1]) and not torch.equal(a._qpos[0], b._qpos[0])
+    b.reset_worlds(torch.tensor([False, True, False, False]))
+    assert torch.equal(a.qpos[1], b.qpos[1]) and not torch.equal(a.qpos[0], b.qpos[0])
 
 
 def test_time_limit_auto_reset_and_no_termination():
@@ -246,3 +246,29 @@ def test_pd_controller_balances_and_zero_action_does_not_swing_up():
         _, reward, *_ = env.step(torch.zeros(16, 1))
         total += reward
     assert float((total / 200).max()) < 0.01
+
+
+def test_public_readouts():
+    """The readout seam users and tests share: copies of the state, the controls a step applied even where
+    the world reset right after (time limit 1), results identical with and without readouts, and a
+    partial reset that checks its mask."""
+    action = torch.tensor([[0.5], [-1.0], [2.0]])
+    plain, read = (envs.make("cartpole-swingup", 3, device="cpu", seed=4, time_limit=2) for _ in range(2))
+    for env in (plain, read):
+        env.reset()
+        env.step(torch.zeros(3, 1))
+    qpos = read.qpos
+    qpos.add_(1.0)  # a copy: the worlds do not move
+    assert torch.equal(read.qpos, plain.qpos)
+    expected = plain.step(action)
+    got = read.step(action, readouts=True)
+    for a, b in zip(expected[:4], got[:4]):
+        assert torch.equal(a, b)
+    assert set(got[4]) == set(expected[4]) | {"ctrl"}
+    assert got[4]["done"].all() and torch.equal(read.ctrl, torch.zeros(3, 1))  # every world reset after the step
+    low, high = read.ctrl_low, read.ctrl_high
+    torch.testing.assert_close(got[4]["ctrl"], (action.clamp(-1, 1) + 1) / 2 * (high - low) + low, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"mask must be a \[num_envs\] = \[3\] bool tensor, got \(torch.int64, \[3\]\)"):
+        read.reset_worlds(torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match=r"got \(torch.bool, \[2\]\)"):
+        read.reset_worlds(torch.tensor([True, False]))

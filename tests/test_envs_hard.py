@@ -64,9 +64,9 @@ def test_env_matches_the_recorded_h1hand_model(task):
     assert (env.obs_dim, env.action_dim) == (int(z["meta_obs_dim"]), 61)
     assert [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_SITE, i) for i in range(m.nsite)] == list(z["meta_site_names"])
     np.testing.assert_array_equal(m.key_qpos[0], z["meta_key_qpos"])
-    np.testing.assert_array_equal(env._key_qpos.numpy(), z["meta_key_qpos"].astype(np.float32))
-    np.testing.assert_array_equal(env._ctrl_low.numpy(), z["meta_action_low"])
-    np.testing.assert_array_equal(env._ctrl_high.numpy(), z["meta_action_high"])
+    np.testing.assert_array_equal(env.reset_keyframe.numpy(), z["meta_key_qpos"].astype(np.float32))
+    np.testing.assert_array_equal(env.ctrl_low.numpy(), z["meta_action_low"])
+    np.testing.assert_array_equal(env.ctrl_high.numpy(), z["meta_action_high"])
     assert env.capacity == CAPACITIES["h1hand"]
 
 
@@ -143,7 +143,7 @@ def test_reach_goals():
     for axis in range(3):
         _uniform_moments(goal[:, axis].double().numpy(), REACH_GOAL_LOW[axis], REACH_GOAL_HIGH[axis], f"goal {axis}")
     assert len(torch.unique(goal, dim=0)) == worlds  # different per world
-    noise = (obs[:, :76] - env._key_qpos)[:, 0].double().numpy()
+    noise = (obs[:, :76] - env.reset_keyframe)[:, 0].double().numpy()
     assert abs(np.corrcoef(goal[:, 0].double().numpy(), noise)[0, 1]) < 0.1  # its own RNG lanes
     same = make("h1hand-reach", worlds, device="cpu", root=ASSETS, seed=11).reset()
     other = make("h1hand-reach", worlds, device="cpu", root=ASSETS, seed=12).reset()
@@ -152,7 +152,7 @@ def test_reach_goals():
     assert (env.state["reach_goal"] != goal).any(1).all()
     mask = torch.arange(worlds) % 2 == 0  # a partial (auto-)reset changes the reset worlds' goals only
     before = env.state["reach_goal"].clone()
-    env._reset_worlds(mask)
+    env.reset_worlds(mask)
     after = env.state["reach_goal"]
     assert torch.equal(after[~mask], before[~mask]) and (after[mask] != before[mask]).any(1).all()
 
@@ -195,7 +195,6 @@ def test_reach_recorded_reset_observation():
     env = make("h1hand-reach", E, device="cpu", root=ASSETS)
     reset = torch.from_numpy(z["state_pre"][:, 0]).float()
     env.set_state(reset[:, 1:1 + nq], reset[:, 1 + nq:1 + nq + nv], state={"reach_goal": torch.from_numpy(z["task_goal"]).float()})
-    env._kinematics()
     np.testing.assert_allclose(env.observation().double().numpy(), z["obs_reset"], atol=2e-5)
 
 

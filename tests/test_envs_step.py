@@ -18,6 +18,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+import warp as wp
 
 from ezm_gpu.envs import rewards
 from ezm_gpu.envs.env import Capacity, CapacityOverflowError, RESET_NOISE, hashed_uniform, make
@@ -166,30 +167,14 @@ def _replay_env(task, z, **kwargs):
     return env, torch.from_numpy(z["action"].reshape(W, nu)), state
 
 
-def _step_recording_readouts(env, action):
-    """One env step that also returns the controls applied and a copy of the reward readouts (views of
-    Warp's data, which a reset may recompute)."""
-    applied, physics, read = [], env._physics, env._reward_inputs
-    env._physics = lambda: (applied.append(env._ctrl.clone()), physics())  # ctrl before auto-reset clears it
-    readouts = []
-
-    def reward_inputs():
-        inputs = read()
-        readouts.append({f.name: None if getattr(inputs, f.name) is None else getattr(inputs, f.name).clone()
-                         for f in dataclasses.fields(inputs)})
-        return inputs
-
-    env._reward_inputs = reward_inputs
-    return env.step(action), applied[0], readouts[0]
-
-
 @pytest.mark.parametrize("task", PARITY_TASKS)
 def test_one_step_from_every_recorded_state(task):
     z = _fixture(task)
     env, action, task_state = _replay_env(task, z)
     W, nq, nv = action.shape[0], int(z["meta_nq"]), int(z["meta_nv"])
-    (obs, reward, terminated, truncated, info), applied, readout = _step_recording_readouts(env, action)
-    np.testing.assert_array_equal(applied.numpy(), z["ctrl"].reshape(W, -1))  # float32 un-normalisation
+    obs, reward, terminated, truncated, info = env.step(action, readouts=True)
+    readout = info["reward_inputs"]
+    np.testing.assert_array_equal(info["ctrl"].numpy(), z["ctrl"].reshape(W, -1))  # float32 un-normalisation
     assert set(info) >= {k[5:] for k in z if k.startswith("info_")}  # every reward term is there
     violations = _parity_violations(task, z, reward, terminated, info, readout["head_z"], task_state)
     assert not violations, f"{task}: " + "; ".join(violations)
@@ -225,16 +210,16 @@ def test_parity_rule_rejects_a_wrong_step(task, perturb):
     else:
         env.model.actuator_gainprm.numpy()[..., 0] *= 1.2  # position servos: kp and the -kp bias
         env.model.actuator_biasprm.numpy()[..., 1] *= 1.2
-    (obs, reward, terminated, truncated, info), _, readout = _step_recording_readouts(env, action)
-    assert _parity_violations(task, z, reward, terminated, info, readout["head_z"], task_state)
+    obs, reward, terminated, truncated, info = env.step(action, readouts=True)
+    assert _parity_violations(task, z, reward, terminated, info, info["reward_inputs"]["head_z"], task_state)
 
 
 def test_model_metadata_and_spaces():
     env = make("h1-walk-v0", 2, device="cpu", root=ASSETS)
     assert (env.obs_dim, env.action_dim) == (51, 19)
     z = _fixture("h1-walk")
-    np.testing.assert_array_equal(env._ctrl_low.numpy(), z["meta_action_low"])
-    np.testing.assert_array_equal(env._ctrl_high.numpy(), z["meta_action_high"])
+    np.testing.assert_array_equal(env.ctrl_low.numpy(), z["meta_action_low"])
+    np.testing.assert_array_equal(env.ctrl_high.numpy(), z["meta_action_high"])
 
 
 def test_reset_is_keyframe_plus_noise_and_seeded():
@@ -330,10 +315,11 @@ def test_contacts_are_grouped_by_world():
     z = _fixture("h1-hurdle")
     env, action, _ = _replay_env("h1-hurdle", z)
     env.step(action)
-    rows, missed = env._contacts_by_world()
-    n = int(env._nacon[0])
+    rows, missed = env.contacts()
+    n = int(wp.to_torch(env.data.nacon)[0])
     expected = [[] for _ in range(env.num_envs)]
-    for geom, world in zip(env._contact_geom[:n].tolist(), env._contact_world[:n].tolist()):
+    geoms, worlds = wp.to_torch(env.data.contact.geom), wp.to_torch(env.data.contact.worldid)  # Warp's global list
+    for geom, world in zip(geoms[:n].tolist(), worlds[:n].tolist()):
         expected[world].append(tuple(geom))
     for world in range(env.num_envs):
         got = [tuple(p) for p in rows[world].tolist() if p[0] >= 0]
@@ -376,7 +362,7 @@ def test_bad_actions_and_clipping():
     with pytest.raises(ValueError, match="action contains NaN"):
         env.step(torch.full((2, 19), float("nan")))
     env.step(torch.full((2, 19), 5.0))  # clipped to 1: ctrl is the top of every ctrlrange
-    torch.testing.assert_close(env._ctrl, env._ctrl_high.expand(2, -1), rtol=0, atol=1e-6)  # (1+1)/2*(h-l)+l
+    torch.testing.assert_close(env.ctrl, env.ctrl_high.expand(2, -1), rtol=0, atol=1e-6)  # (1+1)/2*(h-l)+l
 
 
 @pytest.mark.parametrize("task", ["h1-maze", "h1hand-reach"])
