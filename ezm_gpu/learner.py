@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -95,10 +96,12 @@ class Learner:
     def __init__(self, model: EZMModel, config: LearnerConfig, search: SearchSettings = SearchSettings()):
         """``search``: the reanalysis searches (the acting search's settings; its discount is the targets')."""
         self.model, self.config, self.search = model, config, search
-        on_cuda = next(model.parameters()).is_cuda
-        # capturable keeps Adam's step counters on the device: no host read per update on CUDA.
+        # The fused kernel keeps Adam's step counters on the parameters' device, on CPU too: an update reads
+        # nothing back to the host (the single-tensor Adam reads its step count every update). A model on
+        # the meta device (shapes only, ezm_gpu.opcount) takes the multi-tensor Adam, which has meta kernels.
+        meta = next(model.parameters()).device.type == "meta"
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                          capturable=on_cuda)
+                                          fused=not meta, foreach=meta or None)
         self.ema = EMA(model, tau=config.ema_tau, interval=config.ema_interval)
         self.updates = 0
 
@@ -111,8 +114,8 @@ class Learner:
         targets = reanalyze(self.ema.copy, batch, self.search, unroll_steps, replay.config.td_steps, self.updates,
                             generator)
         self.model.train()
-        device_type = batch.obs.device.type
-        with torch.autocast(device_type, dtype=c.autocast_dtype or torch.float32, enabled=c.autocast_dtype is not None):
+        mixed = c.autocast_dtype is not None
+        with torch.autocast(batch.obs.device.type, dtype=c.autocast_dtype, enabled=True) if mixed else nullcontext():
             predictions, first_values = unroll(self.model, batch, targets, unroll_steps, generator)
         predictions = UnrollPredictions(**{f.name: getattr(predictions, f.name).float()
                                            for f in dataclasses.fields(predictions)})  # the loss in float32
