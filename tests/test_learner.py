@@ -168,3 +168,18 @@ def test_fused_adam_steps_as_the_reference_adam():
         single.update(replay_b, gb)
     for a, b in zip(fused.model.parameters(), single.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # float32: a few ulps per step of lr 1e-4
+
+
+def test_a_checkpoint_of_the_single_tensor_adam_resumes_fused():
+    """Checkpoints written before Adam was fused name the single-tensor implementation; a resumed learner keeps
+    its own (fused: no host read) and continues from the saved moments and step count."""
+    replay, old = _filled_replay(), _learner()
+    group = old.optimizer.param_groups[0]
+    old.optimizer = torch.optim.Adam(old.model.parameters(), lr=group["lr"], weight_decay=group["weight_decay"],
+                                     foreach=False)
+    old.update(replay, torch.Generator().manual_seed(2))
+    resumed = _learner()
+    resumed.load_state_dict(old.state_dict())
+    assert resumed.optimizer.param_groups[0]["fused"] and resumed.optimizer.param_groups[0]["foreach"] is None
+    state = resumed.optimizer.state[next(resumed.model.parameters())]
+    assert float(state["step"]) == 1.0 and state["step"].dtype == torch.float32
