@@ -20,7 +20,7 @@ from .device import DeviceLike, canonical_device, check_device, warp_device
 from .registry import Capacity, TaskId, TaskSpec, task_spec
 from .scene import load_mj_model, put_warp
 
-__all__ = ["BatchedEnv", "CapacityOverflowError", "EXPLODED_QVEL", "RNG_LANES", "hashed_uniform"]
+__all__ = ["BatchedEnv", "CapacityOverflowError", "EXPLODED_QVEL", "RNG_LANES", "hashed_uniform", "mix32"]
 
 EXPLODED_QVEL = 1e4  # a world whose |qvel| exceeds this (or is not finite) has diverged: reset it
 # Lane ranges of ``hashed_uniform``, one per draw of a reset, so the draws are independent streams.
@@ -31,7 +31,7 @@ class CapacityOverflowError(RuntimeError):
     """MuJoCo-Warp ran out of contact or constraint capacity: contacts would have been dropped."""
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
+def mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2**32)."""
     x = ((x ^ (x >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
     x = ((x ^ (x >> 15)) * 0x846CA68B) & 0xFFFFFFFF
@@ -48,9 +48,9 @@ def hashed_uniform(seed: int, world: torch.Tensor, counter: torch.Tensor, width:
     independent streams for the same (seed, w, n).
     """
     lane = torch.arange(lane_offset, lane_offset + width, device=world.device, dtype=torch.int64)
-    x = _mix32((seed * 0x9E3779B1 + world.long()) & 0xFFFFFFFF)
-    x = _mix32((x + counter.long() * 0x85EBCA6B) & 0xFFFFFFFF)
-    x = _mix32((x[:, None] + lane * 0xC2B2AE35 + 1) & 0xFFFFFFFF)
+    x = mix32((seed * 0x9E3779B1 + world.long()) & 0xFFFFFFFF)
+    x = mix32((x + counter.long() * 0x85EBCA6B) & 0xFFFFFFFF)
+    x = mix32((x[:, None] + lane * 0xC2B2AE35 + 1) & 0xFFFFFFFF)
     unit = (x >> 8).to(torch.float32) * (1.0 / (1 << 24))
     return low + (high - low) * unit
 

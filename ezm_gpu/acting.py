@@ -17,6 +17,7 @@ from typing import Optional, Union
 
 import torch
 
+from . import rng
 from .planning import SearchSettings, search_positions
 
 __all__ = ["ActOutput", "act", "uniform_actions", "random_worlds"]
@@ -36,7 +37,7 @@ class ActOutput:
 
 def uniform_actions(action_mask: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Uniform random actions: action_mask [W, A] (1 valid, 0 padded) -> [W, A], U[-1, 1) on valid dims, 0 elsewhere."""
-    u = torch.rand(action_mask.shape, generator=generator, device=action_mask.device, dtype=torch.float32)
+    u = rng.uniform(action_mask.shape, generator, action_mask.device)
     return (2.0 * u - 1.0) * action_mask
 
 

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from . import rng
 from .ema import EMA
 from .loss import LossWeights, UnrollPredictions, UnrollTargets, ezm_loss
 from .model import EZMModel, policy_log_prob
@@ -48,7 +49,7 @@ def entropy_estimate(log_std: torch.Tensor, generator: Optional[torch.Generator]
     (TD-MPC2 scales the Gaussian log-density by the action count; with the release's sign the loss
     ``+coeff · this`` lowers the entropy.)
     """
-    eps = torch.randn(log_std.shape, generator=generator, device=log_std.device, dtype=log_std.dtype)
+    eps = rng.normal(log_std.shape, generator, log_std.device, log_std.dtype)
     log_density = (-0.5 * eps.square() - log_std).sum(-1) - 0.5 * _LOG_2PI * log_std.shape[-1]
     return -log_std.shape[-1] * log_density
 

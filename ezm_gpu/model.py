@@ -28,6 +28,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
+from . import rng
 from .supports import Support
 
 __all__ = [
@@ -239,7 +240,7 @@ def sample_policy(mean: torch.Tensor, log_std: torch.Tensor, mask: Optional[torc
       [B, A] or [B, k, A] actions in (-1, 1); exactly 0 on masked dims.
     """
     shape = mean.shape if num_samples is None else (mean.shape[0], num_samples, mean.shape[1])
-    eps = torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    eps = rng.normal(shape, generator, mean.device, mean.dtype)
     if num_samples is not None:
         mean, log_std = mean.unsqueeze(1), log_std.unsqueeze(1)
         mask = None if mask is None else mask.unsqueeze(1)
@@ -437,8 +438,11 @@ class EZMModel(nn.Module):
         pessimistic estimate against ensemble over-estimation). variance: unbiased variance over all heads.
         ``generator`` (on the values' device) makes the draw reproducible; the draw stays on device.
         """
-        device = generator.device if generator is not None else values.device
-        heads = torch.randperm(values.shape[0], generator=generator, device=device)[:2].to(values.device)
+        if isinstance(generator, rng.CounterRNG):  # a random order as the sort of uniform keys
+            heads = torch.argsort(generator.uniform((values.shape[0],)))[:2]
+        else:
+            device = generator.device if generator is not None else values.device
+            heads = torch.randperm(values.shape[0], generator=generator, device=device)[:2].to(values.device)
         return values.index_select(0, heads).amin(0), values.var(0)
 
     # ----------------------------------------------------------------------------------- inference

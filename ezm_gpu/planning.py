@@ -36,11 +36,17 @@ class SearchSettings:
     root_wide: int = 12  # of the K root candidates, the last root_wide use 3x std
     child_wide: int = 1  # of the k children, the last child_wide use 3x std
 
-    @functools.cached_property
+    @property
     def kernel_config(self) -> SearchConfig:
-        """The kernels' ``SearchConfig`` of these settings (built once: every search of a run reuses it)."""
-        return SearchConfig(num_simulations=self.num_simulations, num_top_actions=self.num_top_actions,
-                            num_child_actions=self.num_child_actions, discount=self.discount)
+        """The kernels' ``SearchConfig`` of these settings (built once per distinct settings: every search of a
+        run reuses it; a module-level cache rather than a cached_property, whose lock torch.compile cannot trace)."""
+        return _kernel_config(self.num_simulations, self.num_top_actions, self.num_child_actions, self.discount)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_config(num_simulations: int, num_top_actions: int, num_child_actions: int, discount: float) -> SearchConfig:
+    return SearchConfig(num_simulations=num_simulations, num_top_actions=num_top_actions,
+                        num_child_actions=num_child_actions, discount=discount)
 
 
 @torch.no_grad()

@@ -55,6 +55,7 @@ from typing import Optional
 
 import torch
 
+from . import rng
 from .envs.device import canonical_device, check_device
 
 __all__ = ["ReplayConfig", "ReplayBatch", "ReplayBuffer", "storage_layout", "storage_bytes"]
@@ -475,7 +476,7 @@ class ReplayBuffer:
         # float64: a float32 running sum over 1e6 rows loses the small priorities' share entirely.
         cdf = weight.cumsum(1)
         total = cdf[:, -1:]  # [T, 1]
-        u = torch.rand((T, S), generator=generator, dtype=torch.float64, device=dev) * total
+        u = rng.uniform((T, S), generator, dev, torch.float64) * total
         u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # keeps u < total after rounding
         # right=True returns the first slot with cdf > u, so a zero-weight slot can never be picked.
         slot = torch.searchsorted(cdf, u, right=True).clamp_max(C - 1)  # [T, S]
