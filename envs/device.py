@@ -16,12 +16,14 @@ __all__ = ["canonical_device", "warp_device", "check_device", "silence_warp"]
 DeviceLike = Union[str, torch.device, None]
 
 
-def canonical_device(device: DeviceLike = None) -> torch.device:
+def canonical_device(device: DeviceLike = None, allow_meta: bool = False) -> torch.device:
     """The device tensors on ``device`` report: ``cpu``, or ``cuda:<index>``.
 
     Args:
       device: "cpu", "cuda", "cuda:N", a ``torch.device``, or None (CUDA when available, else CPU).
         "cuda" without an index means torch's current CUDA device (as ``torch.zeros(..., device="cuda")``).
+      allow_meta: also accept "meta" (shapes only; for code that can run without data, such as counting
+        the operators of an update: ``ezm_gpu.opcount``).
 
     Raises:
       ValueError: not a device string, a type other than cpu/cuda, CUDA without a CUDA device, or an
@@ -33,8 +35,8 @@ def canonical_device(device: DeviceLike = None) -> torch.device:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r} ({error})") from None
-    if parsed.type == "cpu":
-        return torch.device("cpu")  # CPU tensors carry no index
+    if parsed.type == "cpu" or (allow_meta and parsed.type == "meta"):
+        return torch.device(parsed.type)  # CPU and meta tensors carry no index
     if parsed.type != "cuda":
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if not torch.cuda.is_available():

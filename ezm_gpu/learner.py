@@ -156,14 +156,10 @@ class Learner:
         self.model.load_state_dict(state["model"])
         # After the model: Adam's state is keyed by parameter order and cast to the parameters' device. The
         # implementation is this learner's (a checkpoint written before Adam was fused names the single-tensor
-        # one, whose step counts live on the host).
+        # one); named in the saved groups, torch's loader also moves the step counts where fused Adam keeps them.
         implementation = {key: self.optimizer.param_groups[0][key] for key in ("fused", "foreach", "capturable")}
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:
-            group.update(implementation)
-            for param in group["params"]:
-                step = self.optimizer.state.get(param, {}).get("step")
-                if step is not None and step.device != param.device:
-                    self.optimizer.state[param]["step"] = step.to(param.device, torch.float32)
+        saved = state["optimizer"]
+        self.optimizer.load_state_dict({**saved, "param_groups": [{**group, **implementation}
+                                                                  for group in saved["param_groups"]]})
         self.ema.load_state_dict(state["ema"])
         self.updates = int(state["updates"])

@@ -438,11 +438,7 @@ class EZMModel(nn.Module):
         pessimistic estimate against ensemble over-estimation). variance: unbiased variance over all heads.
         ``generator`` (on the values' device) makes the draw reproducible; the draw stays on device.
         """
-        if isinstance(generator, rng.CounterRNG):  # a random order as the sort of uniform keys
-            heads = torch.argsort(generator.uniform((values.shape[0],)))[:2]
-        else:
-            device = generator.device if generator is not None else values.device
-            heads = torch.randperm(values.shape[0], generator=generator, device=device)[:2].to(values.device)
+        heads = rng.permutation(values.shape[0], generator, values.device)[:2]
         return values.index_select(0, heads).amin(0), values.var(0)
 
     # ----------------------------------------------------------------------------------- inference

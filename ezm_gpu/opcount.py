@@ -11,6 +11,7 @@ nothing back to the host). Used by ``benchmarks/test_opcount_bench.py`` and the 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 from typing import Any, Callable
 
@@ -68,35 +69,31 @@ def count_ops(fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, OpCounts]:
 _TREE_OPS = ("select", "backup", "sequential_halving")  # the search's tree steps (one Triton kernel each)
 
 
+@contextlib.contextmanager
 def _counting_tree_ops(tree_counts: collections.Counter):
-    """Context: the reference tree steps count their own operators into ``tree_counts`` (kernels only)."""
-    import contextlib
-
+    """Within it, the reference tree steps count their own kernels into ``tree_counts["kernels"]`` and the
+    Triton launches that replace them on CUDA into ``tree_counts["triton_launches"]``."""
     from .kernels import reference
 
-    @contextlib.contextmanager
-    def scope():
-        originals = {name: getattr(reference, name) for name in _TREE_OPS}
+    def wrap(name, fn):
+        def counted(tree, config, simulation, *args, **kwargs):
+            with _Counter() as inner:  # (innermost mode: sees the step's operators first, then passes them on)
+                out = fn(tree, config, simulation, *args, **kwargs)
+            tree_counts["kernels"] += inner.kernels
+            # One Triton launch per step that does work (a halving with nothing to halve returns early).
+            keep = config.schedule(tree.num_root_actions).keep[simulation] if name == "sequential_halving" else 1
+            tree_counts["triton_launches"] += int(keep > 0)
+            return out
+        return counted
 
-        def wrap(name, fn):
-            def counted(tree, config, simulation, *args, **kwargs):
-                with _Counter() as inner:  # (innermost mode: sees the step's operators first, then passes them on)
-                    out = fn(tree, config, simulation, *args, **kwargs)
-                tree_counts["kernels"] += inner.kernels
-                # One Triton launch per step that does work (a halving with nothing to halve returns early).
-                keep = config.schedule(tree.num_root_actions).keep[simulation] if name == "sequential_halving" else 1
-                tree_counts["triton_launches"] += int(keep > 0)
-                return out
-            return counted
-
+    originals = {name: getattr(reference, name) for name in _TREE_OPS}
+    for name, fn in originals.items():
+        setattr(reference, name, wrap(name, fn))
+    try:
+        yield
+    finally:
         for name, fn in originals.items():
-            setattr(reference, name, wrap(name, fn))
-        try:
-            yield
-        finally:
-            for name, fn in originals.items():
-                setattr(reference, name, fn)
-    return scope()
+            setattr(reference, name, fn)
 
 
 @dataclasses.dataclass

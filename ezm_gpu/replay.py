@@ -203,10 +203,8 @@ class ReplayBuffer:
         if not isinstance(config, ReplayConfig):
             raise TypeError(f"config must be a ReplayConfig, got {type(config).__name__}")
         self.config = config
-        # (canonical: compares equal to its tensors' device; "meta" holds shapes only, for counting the
-        # operators an update dispatches without running it: ezm_gpu.opcount)
-        meta = device is not None and torch.device(device).type == "meta"
-        self.device = torch.device("meta") if meta else canonical_device("cpu" if device is None else device)
+        # (canonical: compares equal to its tensors' device; "meta" holds shapes only: ezm_gpu.opcount)
+        self.device = canonical_device("cpu" if device is None else device, allow_meta=True)
         self._sink = config.num_tasks * config.capacity  # the storage's last row (storage_layout)
         for name, (shape, dtype, fill) in storage_layout(config).items():
             setattr(self, f"_{name}", torch.full(shape, fill, dtype=dtype, device=self.device))

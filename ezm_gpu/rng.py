@@ -19,7 +19,7 @@ import torch
 
 from .envs.base import mix32
 
-__all__ = ["CounterRNG", "Generator", "uniform", "normal"]
+__all__ = ["CounterRNG", "Generator", "uniform", "normal", "permutation"]
 
 _MASK = 0xFFFFFFFF
 
@@ -93,3 +93,12 @@ def normal(shape: Sequence[int], generator: Generator, device: torch.device,
     if isinstance(generator, CounterRNG):
         return generator.normal(shape, dtype)
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def permutation(n: int, generator: Generator, device: torch.device) -> torch.Tensor:
+    """[n] int64 random order of 0..n-1 on ``device``: a CounterRNG's as the sort of n uniform keys, else
+    ``torch.randperm`` on the generator's device."""
+    if isinstance(generator, CounterRNG):
+        return torch.argsort(generator.uniform((n,)))
+    drawn_on = generator.device if generator is not None else device
+    return torch.randperm(n, generator=generator, device=drawn_on).to(device)
