@@ -23,6 +23,7 @@ setup(
     },
     package_data={"ezm_gpu.configs": ["*.yaml", "*/*.yaml"], "ezm_gpu.envs": ["asset_manifest.sha256"]},
     include_package_data=True,
+    entry_points={"console_scripts": ["ezm-gpu-selfcheck = ezm_gpu.selfcheck:main"]},
     install_requires=[
         # A range, never a pin: 2.13 (the CPU wheel CI installs first) satisfies it, so pip keeps it.
         "torch>=2.4,<3",

@@ -20,11 +20,14 @@ from .device import DeviceLike, canonical_device, check_device, warp_device
 from .registry import Capacity, TaskId, TaskSpec, task_spec
 from .scene import load_mj_model, put_warp
 
-__all__ = ["BatchedEnv", "CapacityOverflowError", "EXPLODED_QVEL", "RNG_LANES", "hashed_uniform", "mix32"]
+__all__ = ["BatchedEnv", "CapacityOverflowError", "EXPLODED_QVEL", "RNG_LANES", "STEP_INFO", "hashed_uniform", "mix32"]
 
 EXPLODED_QVEL = 1e4  # a world whose |qvel| exceeds this (or is not finite) has diverged: reset it
 # Lane ranges of ``hashed_uniform``, one per draw of a reset, so the draws are independent streams.
 RNG_LANES = {"qpos_noise": 0, "sit_hard_pose": 1 << 20, "reach_goal": 2 << 20, "stagger": 3 << 20}
+# What ``step``'s info holds besides the reward terms ("ctrl" with ``readouts=True``, which also adds the task's
+# own readouts: ``BatchedEnv.readout_names``).
+STEP_INFO = frozenset({"final_observation", "episode_return", "episode_length", "done", "diverged", "ctrl"})
 
 
 class CapacityOverflowError(RuntimeError):
@@ -75,10 +78,17 @@ class BatchedEnv:
     toward the time limit (``start_elapsed``), so the first episodes of thousands of worlds end
     uniformly over 1..time_limit steps instead of all at once; the physics state is the usual reset.
 
+    CUDA graphs: on CUDA the ``frame_skip`` physics steps are captured once as a CUDA graph and replayed
+    (one launch per env step; MuJoCo-Warp's solver loops are conditional graph nodes, which need driver
+    12.4+). ``cuda_graph=False`` launches the kernels directly instead: the solver loops then check their
+    condition on the host after every iteration (a sync each), which is slower but needs no graph
+    support (no driver check); the results are the same kernels' (``python -m ezm_gpu.selfcheck``
+    compares both paths with the CPU). On CPU there is no graph and the option changes nothing.
+
     Attributes:
       task: the TaskId; spec: its registry.TaskSpec; obs_dim, action_dim; num_envs; device
-        (torch.device); mj_model (MuJoCo's C model); model, data (MuJoCo-Warp's, shared with the env:
-        read them, do not step them); time_limit; capacity.
+        (torch.device); cuda_graph (bool, as made); mj_model (MuJoCo's C model); model, data (MuJoCo-Warp's,
+        shared with the env: read them, do not step them); time_limit; capacity.
       qpos [W, nq], qvel [W, nv], ctrl [W, nu]: copies of the physics state and the last controls;
       ctrl_low, ctrl_high [nu]: the actuators' float32 control range (action -1 and +1).
       episode_return [W] float32, episode_length [W] int64: of the current episode (steps taken since
@@ -90,10 +100,11 @@ class BatchedEnv:
 
     frame_skip: int  # physics steps per env step
     family: str  # the registry family whose tasks this class runs
+    readout_names: tuple[str, ...] = ()  # the keys ``_readouts`` adds to ``step(readouts=True)``'s info
 
     def __init__(self, task: str, num_envs: int, device: DeviceLike = None, seed: int = 0,
                  time_limit: Optional[int] = None, ignore_termination: bool = False, root=None,
-                 capacity: Optional[Capacity] = None):
+                 capacity: Optional[Capacity] = None, cuda_graph: bool = True):
         self.spec: TaskSpec = task_spec(task)
         if self.spec.family != self.family:
             raise ValueError(f"{task!r} is not a {self.family} task; make it with ezm_gpu.envs.make")
@@ -104,7 +115,8 @@ class BatchedEnv:
         if isinstance(time_limit, bool) or not isinstance(time_limit, int) or time_limit < 1:
             raise ValueError(f"time_limit must be an integer >= 1, got {time_limit!r}")
         self.device = canonical_device(device)  # explicit index: compares equal to its tensors' device
-        if self.device.type == "cuda":
+        self.cuda_graph = bool(cuda_graph)
+        if self.device.type == "cuda" and self.cuda_graph:
             check_graph_driver()  # before any allocation: the physics runs as CUDA graphs
         self.num_envs, self.seed = num_envs, int(seed)
         self.time_limit, self.ignore_termination = time_limit, bool(ignore_termination)
@@ -163,6 +175,11 @@ class BatchedEnv:
         """``step(readouts=True)``'s task-specific readouts after the physics, before any reset: name ->
         copies of tensors with a leading [W] (nothing by default)."""
         return {}
+
+    def reward_terms(self, info: dict) -> dict:
+        """The reward terms of a ``step``'s info: {name: [W]} (every entry but ``STEP_INFO`` and the readouts)."""
+        return {name: value for name, value in info.items()
+                if name not in STEP_INFO and name not in self.readout_names}
 
     def _after_set_state(self) -> None:
         """Brings derived quantities the observation reads (poses) in line with a state written by
@@ -343,9 +360,9 @@ class BatchedEnv:
 
     def _physics(self) -> None:
         """``frame_skip`` physics steps; on CUDA replayed from a captured graph (captured on first use, on
-        its own stream: ``capture.capture_graph``)."""
+        its own stream: ``capture.capture_graph``) unless the env was made with ``cuda_graph=False``."""
         with self._warp_scope():
-            if self.device.type != "cuda":
+            if self.device.type != "cuda" or not self.cuda_graph:
                 self._record_physics()
                 return
             if self._graph is None:

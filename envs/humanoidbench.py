@@ -35,6 +35,7 @@ from . import rewards
 from .base import RNG_LANES, BatchedEnv, hashed_uniform
 from .device import DeviceLike
 from .registry import HUMANOIDBENCH, Capacity, HumanoidBenchSpec
+from .scene import geom_names
 
 __all__ = ["HumanoidBenchEnv", "FRAME_SKIP", "RESET_NOISE"]
 
@@ -79,18 +80,19 @@ class HumanoidBenchEnv(BatchedEnv):
     ``reset_state`` (reach's goal); 10 physics steps per env step; HumanoidBench's rewards and
     terminations (``rewards.compute``). ``root``: where HumanoidBench's assets are (see
     ``resolve_root``); ``time_limit`` and ``capacity`` (contact/constraint capacity per world) default
-    to the spec's (1000 steps, ``capacity_for(robot)``).
+    to the spec's (1000 steps, ``capacity_for(robot)``); ``cuda_graph``: see ``BatchedEnv``.
     """
 
     frame_skip = FRAME_SKIP
     family = HUMANOIDBENCH
+    readout_names = ("reward_inputs",)
     spec: HumanoidBenchSpec
 
     def __init__(self, task: str, num_envs: int, device: DeviceLike = None, seed: int = 0,
                  time_limit: Optional[int] = None, ignore_termination: bool = False, root=None,
-                 capacity: Optional[Capacity] = None):
+                 capacity: Optional[Capacity] = None, cuda_graph: bool = True):
         super().__init__(task, num_envs, device=device, seed=seed, time_limit=time_limit,
-                         ignore_termination=ignore_termination, root=root, capacity=capacity)
+                         ignore_termination=ignore_termination, root=root, capacity=capacity, cuda_graph=cuda_graph)
         import warp as wp
 
         m, d, view, dev = self.mj_model, self.data, wp.to_torch, self.device
@@ -101,8 +103,7 @@ class HumanoidBenchEnv(BatchedEnv):
         self._contact_geom, self._contact_world = view(d.contact.geom), view(d.contact.worldid)
         self._nacon = view(d.nacon)
         self._key_qpos = torch.tensor(m.key_qpos[0], dtype=torch.float32, device=dev)
-        geom_names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, i) or "" for i in range(m.ngeom)]
-        self._constants = rewards.task_constants(str(self.task), geom_names, device=dev, dtype=torch.float32)
+        self._constants = rewards.task_constants(str(self.task), geom_names(m), device=dev, dtype=torch.float32)
         self.state = rewards.initial_state(str(self.task), num_envs, device=dev, dtype=torch.float32)
 
     def _obs_dim(self) -> int:

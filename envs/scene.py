@@ -14,7 +14,7 @@ from .registry import (CARTPOLE_TASKS, HARD_TASKS, HUMANOIDBENCH_ROBOTS, MEDIUM_
                        parse_task_id, task_spec, valid_task_ids)
 
 __all__ = ["MEDIUM_TASKS", "HARD_TASKS", "CARTPOLE_TASKS", "HUMANOIDBENCH_ROBOTS", "TaskId", "valid_task_ids",
-           "parse_task_id", "load_mj_model", "Capacity", "put_warp"]
+           "parse_task_id", "load_mj_model", "geom_names", "Capacity", "put_warp"]
 
 
 def load_mj_model(task_id: str, root: Optional[os.PathLike | str] = None) -> mujoco.MjModel:
@@ -24,6 +24,11 @@ def load_mj_model(task_id: str, root: Optional[os.PathLike | str] = None) -> muj
     if spec.mjcf is not None:
         return mujoco.MjModel.from_xml_string(spec.mjcf)
     return mujoco.MjModel.from_xml_path(str(scene_path(spec.robot, spec.name, root)))
+
+
+def geom_names(mj_model: mujoco.MjModel) -> list[str]:
+    """Every geom's name in id order ("" for an unnamed one): what ``rewards.task_constants`` reads."""
+    return [mujoco.mj_id2name(mj_model, mujoco.mjtObj.mjOBJ_GEOM, i) or "" for i in range(mj_model.ngeom)]
 
 
 def put_warp(mj_model: mujoco.MjModel, num_worlds: int, capacity: Capacity, device: Optional[str] = None):

@@ -7,10 +7,13 @@ from __future__ import annotations
 import torch
 
 from .acting import act
+from .graphs import GraphedStep
 from .planning import SearchSettings
 from .replay import ReplayBuffer
 
-__all__ = ["step_repeated", "EpisodeReturns", "Collector"]
+__all__ = ["step_repeated", "EpisodeReturns", "Collector", "GRAPH_WARMUP"]
+
+GRAPH_WARMUP = 3  # eager calls before a hot-loop step is captured (torch's CUDA-graph examples warm up 3)
 
 
 def step_repeated(world, actions: torch.Tensor, repeat: int) -> tuple:
@@ -82,12 +85,20 @@ class EpisodeReturns:
 
 class Collector:
     """One decision of every world: act with the search (uniformly at random during the warm-up), step the
-    worlds ``action_repeat`` times, store the transitions, count the finished episodes' returns."""
+    worlds ``action_repeat`` times, store the transitions, count the finished episodes' returns.
+
+    ``capture`` ("off" | "cuda" | "trace", ``ezm_gpu.graphs``): the searched decisions' acting search, and the
+    replay insert with the returns' count, are each captured once and replayed (the env step replays its
+    physics from its own CUDA graph: MuJoCo-Warp's solver loops are conditional graph nodes, which CUDA does
+    not nest inside another capture). The generator must then be a ``rng.CounterRNG``.
+    """
 
     def __init__(self, world, replay: ReplayBuffer, search: SearchSettings, action_repeat: int,
-                 start_transitions: int, returns: EpisodeReturns, generator: torch.Generator):
+                 start_transitions: int, returns: EpisodeReturns, generator, capture: str = "off"):
         self.world, self.replay, self.search, self.returns, self.generator = world, replay, search, returns, generator
-        self.action_repeat, self.start_transitions = action_repeat, start_transitions
+        self.action_repeat, self.start_transitions, self.capture = action_repeat, start_transitions, capture
+        self._search_model, self._search_step = None, None  # the acting search, of the model last passed
+        self._record = GraphedStep(self._record_step, capture, warmup=GRAPH_WARMUP, name="replay insert")
         self.worlds_per_task = min(s.stop - s.start for s in world.slices)  # the smallest task's share
         self.decisions = 0  # decisions taken
         self.obs = None  # [W, obs] the worlds' current observations (``reset`` or a checkpoint sets them)
@@ -105,11 +116,28 @@ class Collector:
         """One decision with ``model`` (the acting copy); returns the step's info plus ``finished`` [W] bool
         (full episodes that ended: their ``episode_return`` [W] counts)."""
         warm_up = self.decisions * self.worlds_per_task < self.start_transitions  # the same count for every task
-        out = act(model, self.obs, self.world.task_ids, self.search, self.generator, random=warm_up)
-        next_obs, reward, terminated, info = step_repeated(self.world, out.actions, self.action_repeat)
-        self.replay.add(self.world.task_ids, self.obs, out.actions, reward, info["done"], info["final_observation"],
-                        terminated, validate=False)
-        info = dict(info, finished=self.returns.record(info["done"], info["episode_return"]))
+        if warm_up:
+            actions = act(model, self.obs, self.world.task_ids, self.search, self.generator, random=True).actions
+        else:
+            actions = self._search(model)(self.obs)
+        next_obs, reward, terminated, info = step_repeated(self.world, actions, self.action_repeat)
+        finished = self._record(self.obs, actions, reward, info["done"], info["final_observation"], terminated,
+                                info["episode_return"])
+        info = dict(info, finished=finished)
         self.obs = next_obs
         self.decisions += 1
         return info
+
+    def _search(self, model) -> GraphedStep:
+        """The acting search of ``model``: obs [W, obs] -> actions [W, A] (captured per model)."""
+        if model is not self._search_model:  # (a run passes one model, its EMA copy, updated in place)
+            self._search_model, self._search_step = model, GraphedStep(
+                lambda obs: act(model, obs, self.world.task_ids, self.search, self.generator).actions,
+                self.capture, warmup=GRAPH_WARMUP, name="acting search")
+        return self._search_step
+
+    def _record_step(self, obs, actions, reward, done, final_observation, terminated, episode_return):
+        """Stores the decision's transitions and counts its finished episodes -> finished [W] bool."""
+        self.replay.add(self.world.task_ids, obs, actions, reward, done, final_observation, terminated,
+                        validate=False)
+        return self.returns.record(done, episode_return)

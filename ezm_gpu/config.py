@@ -11,6 +11,7 @@ import pathlib
 import re
 from typing import Any, Optional
 
+from .graphs import MODES as CAPTURES
 from .learner import LearnerConfig
 from .model import PRESETS as MODEL_PRESETS, ModelConfig
 from .planning import SearchSettings
@@ -66,6 +67,7 @@ class TrainConfig:
     td_steps: int = ReplayConfig.td_steps  # n of the n-step value targets (release: 5)
     action_repeat: int = 1  # env steps per agent decision (release: 1; `steps` counts env steps)
     precision: str = "auto"  # gradient step: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    capture: str = "off"  # hot loop captured once, replayed: off | cuda (CUDA graphs) | trace (torch.fx stand-in, any device)
     model: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields over the preset
     search: SearchSettings = dataclasses.field(default_factory=SearchSettings)  # acting/reanalysis search
 
@@ -144,6 +146,8 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
         _fail("device", cfg.device, "one of " + ", ".join(DEVICES) + ", or cuda:N (a GPU index)")
     if cfg.precision not in PRECISIONS:
         _fail("precision", cfg.precision, "one of " + ", ".join(PRECISIONS))
+    if cfg.capture not in CAPTURES:
+        _fail("capture", cfg.capture, "one of " + ", ".join(CAPTURES) + " (ezm_gpu.graphs)")
     _model_config(cfg)
     for key in ("updates_per_step", "lr", "lr_decay_at"):
         _finite_number(cfg, key, zero_allowed=False)

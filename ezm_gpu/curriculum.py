@@ -19,7 +19,7 @@ def push_recent_returns(recent: torch.Tensor, recent_count: torch.Tensor, task_i
     """
     tasks, window = recent.shape
     done = done.bool()
-    one_hot = torch.nn.functional.one_hot(task_ids.long(), tasks).bool() & done[:, None]  # [W, T]
+    one_hot = (task_ids.long()[:, None] == torch.arange(tasks, device=done.device)) & done[:, None]  # [W, T]
     rank = (one_hot.long().cumsum(0) - 1).gather(1, task_ids.long()[:, None])[:, 0]  # among the task's done
     finished = one_hot.sum(0)  # [T]
     keep = done & (rank >= finished[task_ids.long()] - window)

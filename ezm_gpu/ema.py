@@ -26,23 +26,29 @@ class EMA:
         self.copy.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> bool:
-        """Call after optimizer step ``step`` (1, 2, ...); averages on multiples of ``interval``. Returns
-        whether it averaged."""
-        if step % self.interval:
-            return False
+    def update(self, model: torch.nn.Module, step: torch.Tensor | int) -> torch.Tensor:
+        """Call after optimizer step ``step`` (1, 2, ...; a [] int tensor or an int); averages on multiples of
+        ``interval``. Returns [] bool: whether it averaged.
+
+        The choice is made on the device (every call launches the same kernels, with rate 0 off the
+        interval), so that an update replays from a captured CUDA graph with its step count on the device.
+        """
         source = model.state_dict()
+        target_state = self.copy.state_dict()  # state_dict() tensors share storage
+        device = next(iter(target_state.values())).device
+        due = torch.as_tensor(step, device=device) % self.interval == 0
         averaged: dict = {}  # dtype -> (targets, sources): _foreach_lerp_ takes one dtype per list
-        for name, target in self.copy.state_dict().items():  # state_dict() tensors share storage
+        for name, target in target_state.items():
             if target.is_floating_point():
                 targets, sources = averaged.setdefault(target.dtype, ([], []))
                 targets.append(target)
                 sources.append(source[name])
             else:
-                target.copy_(source[name])
-        for targets, sources in averaged.values():
-            torch._foreach_lerp_(targets, sources, self.tau)
-        return True
+                target.copy_(torch.where(due, source[name], target))
+        for dtype, (targets, sources) in averaged.items():
+            rate = due.to(dtype) * self.tau  # tau or 0: x' + 0 (x - x') = x' exactly
+            torch._foreach_lerp_(targets, sources, [rate] * len(targets))
+        return due
 
     def state_dict(self) -> dict:
         return {"copy": self.copy.state_dict(), "tau": self.tau, "interval": self.interval}

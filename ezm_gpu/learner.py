@@ -91,20 +91,74 @@ def unroll(model: EZMModel, batch: ReplayBatch, targets: Reanalysis, unroll_step
     return predictions, first_values
 
 
+def _capturing() -> bool:
+    """A CUDA graph is being captured on the current stream."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 class Learner:
     """Owns the online model, its optimiser and EMA copy; ``update`` does one training step."""
 
     def __init__(self, model: EZMModel, config: LearnerConfig, search: SearchSettings = SearchSettings()):
         """``search``: the reanalysis searches (the acting search's settings; its discount is the targets')."""
         self.model, self.config, self.search = model, config, search
-        # The fused kernel keeps Adam's step counters on the parameters' device, on CPU too: an update reads
-        # nothing back to the host (the single-tensor Adam reads its step count every update). A model on
-        # the meta device (shapes only, ezm_gpu.opcount) takes the multi-tensor Adam, which has meta kernels.
-        meta = next(model.parameters()).device.type == "meta"
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                          fused=not meta, foreach=meta or None)
+        device = next(model.parameters()).device
+        # Everything an update changes or reads from one update to the next lives on the device (the step
+        # count, the learning rate, Adam's step counts), so that an update reads nothing from the host and
+        # replays from a captured CUDA graph (ezm_gpu.graphs): a Python value would be frozen at capture.
+        self.step = torch.zeros((), dtype=torch.int64, device=device)  # updates made
+        self._decay_step = (int(config.lr_decay_at * config.total_updates) if config.lr_decay_at < 1
+                            else torch.iinfo(torch.int64).max)  # the first update made at the low rate is this + 1
+        # The fused kernel keeps Adam's step counters on the parameters' device, on CPU too. The rate is a
+        # tensor the kernel reads: float32 on CUDA (its kernel reads a float), float64 on CPU (its kernel
+        # computes the step in double: the same values as a Python-float rate). A model on the meta device
+        # (shapes only, ezm_gpu.opcount) takes the multi-tensor Adam, which has meta kernels but no tensor rate.
+        meta = device.type == "meta"
+        rate = lambda lr: torch.tensor(lr, dtype=torch.float64 if device.type == "cpu" else torch.float32,  # noqa: E731
+                                       device=device)
+        self._low_rate = None if meta else rate(config.lr * 0.1)  # the rate after the step
+        self.lr = config.lr if meta else rate(config.lr)  # the optimiser's current rate
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=config.weight_decay,
+                                          fused=not meta, foreach=meta or None, capturable=device.type == "cuda")
+        self._fused = not meta
+        if self._fused:  # Adam's state made now (torch makes it at the first step), as its fused path makes it
+            params = self.optimizer.param_groups[0]["params"]
+            if any(p.dtype != torch.float32 for p in params):
+                raise ValueError("the learner's Adam steps float32 parameters (one fused kernel); got "
+                                 f"{sorted({str(p.dtype) for p in params})}")
+            for p in params:
+                self.optimizer.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=device),
+                                           "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                           "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
         self.ema = EMA(model, tau=config.ema_tau, interval=config.ema_interval)
-        self.updates = 0
+
+    @torch.no_grad()
+    def _adam_step(self) -> None:
+        """One Adam step on the gradients: torch's fused kernel, called as ``Optimizer.step`` calls it for one
+        device and dtype (step counts + 1, then the kernel), without the wrapper that torch.compile breaks the
+        graph at (and its per-step Python work: hooks, grouping, state checks)."""
+        if not self._fused:  # (meta: shapes only)
+            self.optimizer.step()
+            return
+        group = self.optimizer.param_groups[0]
+        state = [self.optimizer.state[p] for p in group["params"]]
+        steps = [s["step"] for s in state]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(group["params"], [p.grad for p in group["params"]], [s["exp_avg"] for s in state],
+                           [s["exp_avg_sq"] for s in state], [], steps, lr=group["lr"], beta1=group["betas"][0],
+                           beta2=group["betas"][1], weight_decay=group["weight_decay"], eps=group["eps"],
+                           amsgrad=False, maximize=False)
+
+    def _set_rate(self) -> None:
+        """The rate for the next update: x0.1 once ``_decay_step`` updates are made (chosen on the device), and
+        low for good once low (a resumed run keeps its rate, whatever its plan's new decay count)."""
+        if self._low_rate is not None:  # (meta: shapes only, no schedule)
+            self.lr.copy_(torch.where(self.step >= self._decay_step, self._low_rate, self.lr))
+
+    @property
+    def updates(self) -> int:
+        """Updates made (a host read of ``step``: for checkpoints and logs, not the hot loop)."""
+        return int(self.step)
 
     def update(self, replay: ReplayBuffer, generator: Optional[torch.Generator] = None
                ) -> dict[str, torch.Tensor]:
@@ -112,11 +166,13 @@ class Learner:
         the value targets' n are the replay's (its windows hold K + n transitions)."""
         c, unroll_steps = self.config, replay.config.unroll_steps
         batch = replay.sample(generator)
-        targets = reanalyze(self.ema.copy, batch, self.search, unroll_steps, replay.config.td_steps, self.updates,
+        targets = reanalyze(self.ema.copy, batch, self.search, unroll_steps, replay.config.td_steps, self.step,
                             generator)
         self.model.train()
         mixed = c.autocast_dtype is not None
-        with torch.autocast(batch.obs.device.type, dtype=c.autocast_dtype, enabled=True) if mixed else nullcontext():
+        # (no autocast weight cache while a CUDA graph is captured: torch's rule for capturing autocast)
+        with (torch.autocast(batch.obs.device.type, dtype=c.autocast_dtype, cache_enabled=not _capturing())
+              if mixed else nullcontext()):
             predictions, first_values = unroll(self.model, batch, targets, unroll_steps, generator)
         predictions = UnrollPredictions(**{f.name: getattr(predictions, f.name).float()
                                            for f in dataclasses.fields(predictions)})  # the loss in float32
@@ -124,18 +180,17 @@ class Learner:
                                      mask=batch.step_mask[:, :unroll_steps].T, is_weight=batch.weights)
         loss, terms = ezm_loss(predictions, step_targets, self.model.support, self.search.discount, c.weights,
                                c.entropy_bonus)
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.model.parameters():  # (Optimizer.zero_grad(set_to_none=True), which torch.compile skips)
+            p.grad = None
         loss.backward()
         terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-        self.optimizer.step()
-        self.updates += 1
-        if c.lr_decay_at < 1 and self.updates == int(c.lr_decay_at * c.total_updates):
-            for group in self.optimizer.param_groups:
-                group["lr"] = c.lr * 0.1
+        self._adam_step()
+        self.step += 1
+        self._set_rate()
         priorities = (first_values.mean(0) - targets.value_targets[:, 0]).abs() + 1e-6
         replay.update_priorities(batch.indices, priorities, batch.stamps)
         self.model.update_obs_stats(batch.obs[:, 0])  # training starts once every task holds data
-        self.ema.update(self.model, self.updates)
+        self.ema.update(self.model, self.step)
         terms["loss"] = loss.detach()
         return terms
 
@@ -161,5 +216,9 @@ class Learner:
         saved = state["optimizer"]
         self.optimizer.load_state_dict({**saved, "param_groups": [{**group, **implementation}
                                                                   for group in saved["param_groups"]]})
+        self.lr.fill_(float(self.optimizer.param_groups[0]["lr"]))  # the saved rate (a number or a tensor)...
+        for group in self.optimizer.param_groups:  # ...in the tensor Adam reads (the loader replaced it)
+            group["lr"] = self.lr
         self.ema.load_state_dict(state["ema"])
-        self.updates = int(state["updates"])
+        self.step.fill_(int(state["updates"]))
+        self._set_rate()

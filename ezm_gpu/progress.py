@@ -14,10 +14,12 @@ class Progress:
     in this process.
     """
 
-    def __init__(self, total: int, initial: int):
+    def __init__(self, total: int, initial: int, disable: bool = False):
+        """``disable``: no bar on the terminal (the figures still count; ``python -m ezm_gpu.selfcheck``)."""
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc="decisions + updates")
+        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, desc="decisions + updates",
+                        disable=disable)
         self.last = None
         self.start = time.perf_counter()
 

@@ -32,7 +32,7 @@ class Reanalysis:
 
 @torch.no_grad()
 def reanalyze(model, batch: ReplayBatch, settings: SearchSettings, unroll_steps: int, td_steps: int,
-              num_updates: int, generator: Optional[torch.Generator] = None, **search_options) -> Reanalysis:
+              num_updates: torch.Tensor | int, generator: Optional[torch.Generator] = None, **search_options) -> Reanalysis:
     """Targets for a replay batch with the reanalyse model (in eval mode).
 
     Args:
@@ -40,7 +40,7 @@ def reanalyze(model, batch: ReplayBatch, settings: SearchSettings, unroll_steps:
       batch: a ``ReplayBatch`` with L >= K + n.
       settings: the search (its discount γ is the value targets' too).
       unroll_steps: K of the unroll; td_steps: n (the replay's window, ``ReplayConfig``).
-      num_updates: updates done so far (selects the mixed value rule).
+      num_updates: updates done so far ([] int tensor or int; selects the mixed value rule).
       generator: torch.Generator for candidate draws and value-head choice.
       search_options: passed to ``planning.search_positions`` (candidates, backend).
     """

@@ -383,7 +383,8 @@ class ReplayBuffer:
         # 2W candidate rows: W transitions, then W final observations of which only the `done` ones exist.
         row_task = torch.cat([task_ids, task_ids])
         active = torch.cat([torch.ones_like(done), done])
-        onehot = torch.nn.functional.one_hot(row_task, T) * active[:, None]  # [2W, T]
+        # (a comparison, not F.one_hot: on the CPU one_hot reads the ids' range back to check it)
+        onehot = (row_task[:, None] == torch.arange(T, device=self.device)).long() * active[:, None]  # [2W, T]
         rank = onehot.cumsum(0).gather(1, row_task[:, None]).squeeze(1) - 1  # order within the task's rows
         stamp = self._count[row_task] + rank  # [2W]
         flat = torch.where(active, row_task * C + stamp.remainder(C), self._sink)

@@ -70,6 +70,14 @@ class CounterRNG:
     def state_dict(self) -> dict:
         return {"seed": self.seed, "counter": self.counter.clone()}
 
+    def get_state(self) -> torch.Tensor:
+        """[2] int64 on the CPU: (seed, counter), as ``torch.Generator.get_state`` (checkpoint.capture_rng_state)."""
+        return torch.stack([torch.tensor(self.seed), self.counter.cpu()])
+
+    def set_state(self, state: torch.Tensor) -> None:
+        """Restores ``get_state()``'s output (of a CounterRNG with the same seed)."""
+        self.load_state_dict({"seed": int(state[0]), "counter": state[1]})
+
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.seed:
             raise ValueError(f"state of a CounterRNG with seed {state['seed']} cannot load into seed {self.seed}")

@@ -48,7 +48,7 @@ def n_step_values(rewards: torch.Tensor, values: torch.Tensor, step_mask: torch.
     return torch.stack(targets, 1)
 
 
-def mixed_values(n_step: torch.Tensor, search: torch.Tensor, age: torch.Tensor, num_updates: int,
+def mixed_values(n_step: torch.Tensor, search: torch.Tensor, age: torch.Tensor, num_updates: torch.Tensor | int,
                  mixed_after: int = MIXED_AFTER_UPDATES, recent: int = RECENT_TRANSITIONS) -> torch.Tensor:
     """EZ-M's value target: n-step values, except that from update ``mixed_after`` on, samples older
     than their task's newest ``recent`` transitions use the reanalysed search value.
@@ -57,11 +57,11 @@ def mixed_values(n_step: torch.Tensor, search: torch.Tensor, age: torch.Tensor, 
       n_step: [B, K+1] from ``n_step_values``.
       search: [B, K+1] root values of the reanalysis searches.
       age: [B] int, transitions written to the sample's task after o_t (0 = newest).
-      num_updates: updates done so far (a host integer: the switch is part of the schedule).
+      num_updates: updates done so far ([] int tensor, or an int): compared on the device, so that the
+        switch happens inside a captured update too.
 
     Returns:
       [B, K+1] value targets.
     """
-    if num_updates < mixed_after:
-        return n_step
-    return torch.where((age < recent)[:, None], n_step, search)
+    use_search = (age >= recent) & (torch.as_tensor(num_updates, device=age.device) >= mixed_after)
+    return torch.where(use_search[:, None], search, n_step)

@@ -19,16 +19,18 @@ import torch
 from . import checkpoint as ckpt
 from . import config as config_module
 from . import envs
-from .collect import Collector, EpisodeReturns
+from .collect import GRAPH_WARMUP, Collector, EpisodeReturns
 from .config import ConfigError, TrainConfig, model_config
 from .curriculum import Curriculum
 from .evaluate import evaluate
+from .graphs import GraphedStep
 from .learner import Learner, LearnerConfig
 from .metrics import MetricsLogger, results_table
 from .model import EZMModel
 from .plan import cpu_notice, plan_updates, replay_rows
 from .plot import plot_run
 from .progress import Progress
+from .rng import CounterRNG
 from .replay import ReplayBuffer, ReplayConfig
 from .rundir import prepare_run_dir, record_changes
 
@@ -143,6 +145,9 @@ class Trainer:
             cfg = dataclasses.replace(saved, resume=cfg.resume, **(changes or {}))
         self.cfg, self.tasks = cfg, config_module.validate(cfg)
         self.device = device = resolve_device(cfg.device)
+        if cfg.capture == "cuda" and device.type != "cuda":
+            raise ConfigError(f"invalid capture='cuda': CUDA graphs need a CUDA device, the run's is {device} "
+                              "(capture=trace tests the capture path on any device; capture=off runs eagerly)")
         envs.silence_warp()  # kernel-load lines would drown the progress bar
         self.run_dir, resume_from = prepare_run_dir(cfg, self.tasks)
         if cfg.device == "auto" and device.type == "cpu":
@@ -165,10 +170,14 @@ class Trainer:
         self.replay = ReplayBuffer(ReplayConfig(
             num_tasks=num_tasks, capacity=capacity, obs_dim=world.obs_dim, action_dim=world.action_dim,
             num_worlds=cfg.envs, td_steps=cfg.td_steps, batch_size=cfg.batch_size // num_tasks * num_tasks), device=device)
-        self.generator = torch.Generator(device).manual_seed(cfg.seed)
+        # A captured step draws from a counter on the device (a torch.Generator's state lives on the host).
+        self.generator = (torch.Generator(device).manual_seed(cfg.seed) if cfg.capture == "off"
+                          else CounterRNG(cfg.seed, device))
         self.returns = EpisodeReturns(world.task_ids, num_tasks, staggered=cfg.stagger_resets)
         self.collector = Collector(world, self.replay, cfg.search, cfg.action_repeat, cfg.start_transitions,
-                                   self.returns, self.generator)
+                                   self.returns, self.generator, cfg.capture)
+        self.update_step = GraphedStep(lambda: self.learner.update(self.replay, self.generator), cfg.capture,
+                                       warmup=GRAPH_WARMUP, name="learner update")
         self.curriculum = Curriculum(world, cfg.episode_length, plan.decisions)
         self.updates = 0  # updates made (with the collector's decisions, they place a run on the plan)
         self.divergence = _Divergence(device)
@@ -226,7 +235,7 @@ class Trainer:
     def update_until(self, target: int) -> None:
         """Updates until ``target`` updates are made (or a signal asks to stop), each followed by ``after_update``."""
         while self.updates < target and not self.stopped:
-            terms = self.learner.update(self.replay, self.generator)
+            terms = self.update_step()  # (captured: the same tensors every update, read before the next)
             self.updates += 1
             self.progress.update(1)
             self.divergence.record(terms["loss"], self.updates)

@@ -3,36 +3,19 @@
 Runs ``sampled_gumbel_search`` for ``--trees`` trees on the chosen device (Triton kernels on CUDA, the
 torch reference on CPU; ``--backend triton`` on CPU runs the interpreter under TRITON_INTERPRET=1), prints
 tree-simulations per second and, when the kernels ran, checks them against the torch reference with
-``kernels.agreement``'s rule: integer outputs identical except after a float32 near-tie. Exit status 1
-on any other difference.
+``kernels.agreement``'s rule: integer outputs identical except after a float32 near-tie, and the floats of
+identically searched trees within the spec's tolerance. Exit status 1 on any other difference. The pieces
+(random model, inputs, timing, check) are ``kernels.random_search``'s, shared with ``ezm_gpu.selfcheck``.
 """
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from . import SearchConfig, sampled_gumbel_search
-from .agreement import compare, reference_with_margins
+from .random_search import RandomModel, check_against_reference, random_inputs, timed_search
 from .search import resolve_backend
-
-
-class _RandomModel:
-    """A one-layer tanh world model with k child actions per node; shapes as recurrent_fn expects."""
-
-    def __init__(self, latent: int, action_dim: int, num_child: int, device: torch.device):
-        g = torch.Generator().manual_seed(0)
-        self.w = (torch.randn(latent + action_dim, latent, generator=g) * 0.5).to(device)
-        self.head = torch.randn(latent, 2 + num_child * (action_dim + 1), generator=g).to(device)
-        self.num_child, self.action_dim = num_child, action_dim
-
-    def __call__(self, embedding, action):
-        nxt = torch.tanh(torch.cat([embedding, action], 1) @ self.w)
-        out = nxt @ self.head
-        k, a = self.num_child, self.action_dim
-        children = torch.tanh(out[:, 2:2 + k * a]).clamp(-0.999, 0.999).view(-1, k, a)
-        return nxt, out[:, 0], out[:, 1], children, out[:, 2 + k * a:]
 
 
 def _positive(text: str) -> int:
@@ -69,31 +52,16 @@ def main(argv=None) -> None:
     top_actions = args.root_actions if args.top_actions is None else args.top_actions
     config = SearchConfig(num_simulations=args.simulations, num_top_actions=top_actions,
                           num_child_actions=args.child_actions)
-    model = _RandomModel(args.latent, args.action_dim, args.child_actions, device)
-    g = torch.Generator().manual_seed(1)
-    inputs = dict(
-        root_embedding=torch.tanh(torch.randn(args.trees, args.latent, generator=g)).to(device),
-        root_value=torch.randn(args.trees, generator=g).to(device),
-        root_actions=(torch.rand(args.trees, args.root_actions, args.action_dim, generator=g) * 2 - 1).to(device),
-        root_prior_logits=torch.zeros(args.trees, args.root_actions, device=device),
-    )
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    out = sampled_gumbel_search(**inputs, recurrent_fn=model, config=config, backend=backend)
-    sync()
-    start = time.perf_counter()
-    for _ in range(args.searches):
-        out = sampled_gumbel_search(**inputs, recurrent_fn=model, config=config, backend=backend,
-                                    check_finite=False)
-    sync()
-    seconds = (time.perf_counter() - start) / args.searches
+    model = RandomModel(args.latent, args.action_dim, args.child_actions, device)
+    inputs = random_inputs(args.trees, args.root_actions, args.action_dim, args.latent, device)
+    out, seconds = timed_search(inputs, model, config, backend, args.searches, search=sampled_gumbel_search)
     print(f"{args.trees} trees x {args.simulations} simulations (K={args.root_actions}, k={args.child_actions}) "
           f"on {device} [{backend}]: {seconds * 1e3:.2f} ms per search, "
           f"{args.trees * args.simulations / seconds:,.0f} tree-simulations/s")
     if backend == "triton":
-        expected, margin = reference_with_margins(**inputs, recurrent_fn=model, config=config)
-        agreement = compare(out, expected, margin)
-        print(f"Triton kernels vs torch reference (actions, visit counts, survivors): {agreement.summary()}")
-        if not agreement.agrees:
+        verdict = check_against_reference(out, inputs, model, config)
+        print(f"Triton kernels vs torch reference (actions, visit counts, survivors): {verdict.summary()}")
+        if not verdict.agrees:
             raise SystemExit(1)
     counts = out.visit_counts.float()
     print(f"root value mean {out.root_value.mean():+.4f}; visits of the chosen action: mean "

@@ -28,9 +28,14 @@ from . import reference
 from .config import SearchConfig
 from .search import RecurrentFn, SearchOutput, _check_inputs, _simulate
 
-__all__ = ["NEAR_TIE", "Agreement", "reference_with_margins", "compare"]
+__all__ = ["NEAR_TIE", "FLOAT_RTOL", "FLOAT_ATOL", "FLOAT_OUTPUTS", "Agreement", "reference_with_margins", "compare",
+           "float_excess"]
 
 NEAR_TIE = 1e-5  # relative score gap within float32 rounding of two differently-rounded backends (above)
+# The search spec's tolerance for the float outputs of a kernel and the reference (fp32); it applies to the
+# trees they searched identically (after a flipped near-tie the trees, and so their floats, part ways).
+FLOAT_RTOL, FLOAT_ATOL = 1e-5, 1e-6
+FLOAT_OUTPUTS = ("root_value", "completed_q", "action_weights", "pi_prime_scores")
 
 
 @dataclasses.dataclass
@@ -74,3 +79,18 @@ def compare(candidate: SearchOutput, expected: SearchOutput, margin: torch.Tenso
                  & (candidate.survivors == expected.survivors).all(1))
     tie = margin <= NEAR_TIE
     return Agreement(identical=identical, near_tie=~identical & tie, differ=~identical & ~tie, margin=margin)
+
+
+def float_excess(candidate: SearchOutput, expected: SearchOutput, trees: torch.Tensor) -> dict[str, float]:
+    """Per float output (``FLOAT_OUTPUTS``), the largest |candidate - expected| - (FLOAT_ATOL + FLOAT_RTOL x
+    |expected|) over the trees where ``trees`` [B] bool is set (usually ``Agreement.identical``): <= 0 when every
+    value is within the spec's tolerance; {} when no tree is selected. Reads the results back to the host."""
+    if not bool(trees.any()):
+        return {}
+    excess = {}
+    for name in FLOAT_OUTPUTS:
+        ours, theirs = getattr(candidate, name)[trees].float(), getattr(expected, name)[trees].float()
+        gap = ((ours - theirs).abs() - (FLOAT_ATOL + FLOAT_RTOL * theirs.abs())).nan_to_num(nan=float("inf"))
+        close = torch.isclose(ours, theirs, rtol=FLOAT_RTOL, atol=FLOAT_ATOL, equal_nan=True)  # NaN = NaN, inf = inf
+        excess[name] = float(torch.where(close, gap.clamp(max=0.0), gap).max())
+    return excess

@@ -4,15 +4,15 @@ Step parity: from every recorded pre-step state (qpos, qvel, qacc_warmstart) and
 of all 400 recorded (episode, step) pairs at once, as 400 worlds, over every recording of both robots
 (h1's medium set, h1hand's 14 hard-set tasks). The recordings come from MuJoCo 3.1.6; MuJoCo-Warp
 (float32) follows MuJoCo 4, whose contact dynamics differ, so the comparison is a distribution bounded
-by one rule for every task (``_parity_violations``): the spec's measured version gap (``docs/envs.md#the-step-parity-rule``,
-h1-walk), expressed as a fraction of what one step changes on the same recording, times one margin;
+by one rule for every task (``ezm_gpu.envs.parity.parity_violations``, which ``python -m ezm_gpu.selfcheck``
+applies too): the spec's measured version gap (``docs/envs.md#the-step-parity-rule``, h1-walk), expressed as
+a fraction of what one step changes on the same recording, times one margin;
 threshold crossings (terminations, the 0.1 contact discounts) allowed once per recorded state that lies
 within a step of the threshold. No bound is per task. Controls are exact (float32 un-normalisation),
 and so are the reward formulas (test_envs_rewards.py), so the gap is the physics'. The readouts the
 hard-set rewards add (left hand site, pelvis upright, sit's chair body) and reach's 157-entry
 observation (qpos ⊕ qvel ⊕ left hand ⊕ goal) are compared too.
 """
-import dataclasses
 import functools
 
 import numpy as np
@@ -20,9 +20,10 @@ import pytest
 import torch
 import warp as wp
 
-from ezm_gpu.envs import rewards
+from ezm_gpu.envs import parity, rewards
 from ezm_gpu.envs.env import Capacity, CapacityOverflowError, RESET_NOISE, hashed_uniform, make
 from ezm_gpu.envs.scene import HARD_TASKS, MEDIUM_TASKS
+from ezm_gpu.envs.parity import MARGIN, SPEC_GAP
 from hb_fixtures import ASSETS, load_fixture as _fixture, recorded_inputs, requires_shared
 from host_sync import forbid_host_sync
 
@@ -31,122 +32,42 @@ pytestmark = requires_shared
 
 PARITY_TASKS = tuple(f"h1-{task}" for task in MEDIUM_TASKS) + tuple(f"h1hand-{task}" for task in HARD_TASKS)
 
-# The documented MuJoCo 3.1.6 -> 4 gap (``docs/envs.md#the-mujoco-version-gap``: h1-walk, all 400 recorded steps, MuJoCo 4.0 C, which
-# MuJoCo-Warp on CPU agrees with): per world, max |qvel diff| median 0.08; head height |diff| median 1e-5,
-# max 5e-3; reward |diff| p90 1.2e-4, p99 2.1e-3.
-SPEC_GAP = {"qvel_median": 0.08, "head_median": 1e-5, "head_max": 5e-3, "reward_p90": 1.2e-4, "reward_p99": 2.1e-3}
-# One margin for every task and robot: the spec's figures come from one task of one robot, and the
-# gap depends on how many contacts a scene has (hands, boards, walls); a wrong model, action mapping or
-# readout shows as a gap of the order of a whole step's motion (ratio ~1, see the perturbed-action test),
-# two orders of magnitude above the version gap (~0.01), so one order of margin still separates them.
-MARGIN = 10.0
-# float32 round-off of a term near 1 (the env computes in float32; the recording is float64).
-FLOAT32_FLOOR = 1e-6
-
-
-def _step_change(x):
-    """|x_t - x_{t-1}| over the recorded steps t >= 1 of every episode, flattened ([E, T, ...] -> [N])."""
-    return np.abs(np.diff(x, axis=1)).reshape(-1)
-
-
-def _qvel_change(z):
-    """Per recorded step, max |qvel_post - qvel_pre|: how far one step moves the velocities ([E*T])."""
-    nq, nv = int(z["meta_nq"]), int(z["meta_nv"])
-    return np.abs(z["qvel_post"] - z["state_pre"][..., 1 + nq:1 + nq + nv]).max(-1).reshape(-1)
-
 
 @functools.lru_cache(maxsize=None)
 def _spec_fractions():
     """The spec's gap as a fraction of one step's change on the same recording (h1-walk): the state
     fraction (qvel gap median / qvel step change median) and the reward fractions at p90 and p99."""
     z = _fixture("h1-walk")
-    reward_change = _step_change(z["reward"])
-    return {"state": SPEC_GAP["qvel_median"] / np.median(_qvel_change(z)),
-            "p90": SPEC_GAP["reward_p90"] / np.percentile(reward_change, 90),
-            "p99": SPEC_GAP["reward_p99"] / np.percentile(reward_change, 99)}
+    nq, nv = int(z["meta_nq"]), int(z["meta_nv"])
+    return parity.spec_fractions(parity.qvel_change(z["state_pre"][..., 1 + nq:1 + nq + nv], z["qvel_post"]),
+                                 parity.step_change(z["reward"]))
 
 
-def _changes_within_a_step(flag):
-    """[E, T] recorded indicator -> [E*T] bool: it changes between t-1 and t or between t and t+1."""
-    near = np.zeros(flag.shape, bool)
-    change = flag[:, 1:] != flag[:, :-1]
-    near[:, 1:] |= change
-    near[:, :-1] |= change
-    return near.reshape(-1)
+def test_the_package_keeps_the_spec_fractions_of_the_recording():
+    """``parity.SPEC_FRACTIONS`` (the rule where the recordings are absent: the selfcheck) is h1-walk's."""
+    measured = _spec_fractions()
+    for name in ("state", "p90", "p99"):
+        assert getattr(parity.SPEC_FRACTIONS, name) == pytest.approx(getattr(measured, name), rel=1e-12), name
 
 
-def _near_termination(task, z, task_state):
-    """[E*T] bool: recorded states one step or less from a termination threshold: the recorded flag
-    changes within a step, or moving the root height and torso upright (the thresholded quantities)
-    by their own one-step change flips the task's termination (computed from the recorded inputs)."""
-    E, T = z["terminated"].shape
-    near = _changes_within_a_step(z["terminated"])
-    consts = rewards.task_constants(task, z["meta_geom_names"], dtype=torch.float64)
-    root_change = torch.from_numpy(np.abs(z["qpos_post"][..., 2] - z["state_pre"][..., 3]).reshape(-1))
-    upright = z["aux_torso_upright"]
-    upright_change = torch.from_numpy(np.abs(np.diff(upright, axis=1, prepend=upright[:, :1])).reshape(-1))
-    state = {k: v.double() if v.is_floating_point() else v for k, v in (task_state or {}).items()}
-    for sign in (-1.0, 1.0):
-        inputs = recorded_inputs(z, torch.float64)
-        inputs.qpos[:, 2] += sign * root_change
-        inputs = dataclasses.replace(inputs, torso_upright=inputs.torso_upright + sign * upright_change)
-        near |= rewards.compute(task, inputs, consts, state)[1].numpy() != z["terminated"].reshape(-1)
-    return near
+def _reference(task, z, task_state):
+    """The recording as a ``parity.StepReference``: one step from each of its E x T recorded states."""
+    nq, nv = int(z["meta_nq"]), int(z["meta_nv"])
+    near = parity.near_termination(task, z["terminated"], recorded_inputs(z, torch.float64),
+                                   z["state_pre"][..., 3].reshape(-1), z["meta_geom_names"], task_state)
+    terms = {"reward": z["reward"], **{key[5:]: z[key] for key in z if key.startswith("info_")}}
+    return parity.StepReference.from_trajectories(z["state_pre"][..., 1 + nq:1 + nq + nv], z["qvel_post"],
+                                                  z["aux_head_z"], terms, z["terminated"], near)
 
 
 def _parity_violations(task, z, reward, terminated, info, head_z, task_state):
-    """Every way one step from the recorded states departs from the recording by more than the version
-    gap allows (empty = parity). One rule for all tasks, each bound MARGIN x the spec's gap:
-
-    - state: max |qvel diff| median <= MARGIN x spec fraction x the task's median one-step qvel change;
-      head height |diff| median/max <= MARGIN x the spec's, scaled by the task's state gap over the spec's
-      (scenes with more contacts part further, and the reward follows the state);
-    - reward and every info term, on steps without a threshold crossing: p90 and p99 of |diff| <=
-      MARGIN x the spec's reward fraction x the term's own one-step change at that quantile (x the same
-      state scale); max <= the largest one-step change the recording makes;
-    - threshold crossings (terminated flips, penalised contacts that differ: the 0.1 discounts) at most one
-      per recorded state near that threshold: a termination within one step's change, a penalised
-      contact made or broken within a step (contact distances are not recorded).
-    """
-    fraction, (E, T) = _spec_fractions(), z["reward"].shape
-    W, nq, nv = E * T, int(z["meta_nq"]), int(z["meta_nv"])
-    bad = []
-    qvel_gap = np.median(np.abs(info["final_observation"].numpy()[:, nq:nq + nv] - z["qvel_post"].reshape(W, nv)).max(1))
-    qvel_fraction = qvel_gap / np.median(_qvel_change(z))
-    if qvel_fraction > MARGIN * fraction["state"]:
-        bad.append(f"qvel |diff| median {qvel_gap:.3f} is {qvel_fraction:.3f} of a step's change "
-                   f"(bound {MARGIN * fraction['state']:.3f})")
-    scale = max(1.0, qvel_fraction / fraction["state"])
-    head = np.abs(head_z.double().numpy() - z["aux_head_z"].reshape(W))
-    for name, value in (("median", np.median(head)), ("max", head.max())):
-        if value > MARGIN * scale * SPEC_GAP[f"head_{name}"]:
-            bad.append(f"head height |diff| {name} {value:.1e} > {MARGIN * scale * SPEC_GAP[f'head_{name}']:.1e}")
-    flips = int((terminated.numpy() != z["terminated"].reshape(W)).sum())
-    near_termination = int(_near_termination(task, z, task_state).sum())
-    if flips > near_termination:
-        bad.append(f"{flips} terminated flips, {near_termination} recorded states near a termination threshold")
-    crossed, near_contact = np.zeros(W, bool), np.zeros(W, bool)
-    for key in [k for k in z if k.startswith("info_") and "discount" in k]:  # 1 or 0.1
-        crossed |= np.abs(info[key[5:]].double().numpy() - z[key].reshape(W)) > 0.45
-        near_contact |= _changes_within_a_step(z[key] < 0.55)
-    if crossed.sum() > near_contact.sum():
-        bad.append(f"{crossed.sum()} penalised-contact crossings, {near_contact.sum()} recorded states near one")
-    smooth = ~crossed & (terminated.numpy() == z["terminated"].reshape(W))
-    terms = {"reward": (reward, z["reward"])}
-    terms.update({key[5:]: (info[key[5:]], z[key]) for key in z if key.startswith("info_")})
-    for name, (ours, recorded) in terms.items():
-        diff = np.abs(ours.double().numpy() - recorded.reshape(W))[smooth]
-        change = _step_change(recorded)
-        if name == "motion_penalty":  # a sum of qvel² (up to ~1e4): compared relative to its size
-            diff = diff / (1 + np.abs(recorded.reshape(W)[smooth]))
-            change = change / (1 + np.abs(recorded[:, 1:].reshape(-1)))
-        for q in (90, 99):
-            bound = MARGIN * scale * fraction[f"p{q}"] * np.percentile(change, q) + FLOAT32_FLOOR
-            if np.percentile(diff, q) > bound:
-                bad.append(f"{name} |diff| p{q} {np.percentile(diff, q):.1e} > {bound:.1e}")
-        if diff.max() > change.max() + FLOAT32_FLOOR:
-            bad.append(f"{name} |diff| max {diff.max():.1e} > the largest recorded step change {change.max():.1e}")
-    return bad
+    """Every departure of one env step from the recording beyond the version gap (``parity.parity_violations``,
+    with the spec's fractions measured on the h1-walk recording)."""
+    nq, nv = int(z["meta_nq"]), int(z["meta_nv"])
+    reference = _reference(task, z, task_state)
+    terms = {name: reward if name == "reward" else info[name] for name in reference.terms}
+    return parity.parity_violations(reference, info["final_observation"][:, nq:nq + nv], head_z, terms, terminated,
+                                    _spec_fractions())
 
 
 def _replay_env(task, z, **kwargs):

@@ -61,7 +61,7 @@ def test_learning_rate_steps_once_at_its_fraction_or_never(decay_at, decayed_fro
     rates = []
     for _ in range(11):  # one more than planned
         learner.update(replay, g)
-        rates.append(learner.optimizer.param_groups[0]["lr"])
+        rates.append(float(learner.optimizer.param_groups[0]["lr"]))  # (a tensor, read by Adam)
     expected = [1e-5 if decayed_from is not None and u >= decayed_from else 1e-4 for u in range(1, 12)]
     assert rates == pytest.approx(expected)
 
@@ -153,21 +153,33 @@ def test_step_k_heads_reach_the_representation_at_half_to_the_k(step):
     torch.testing.assert_close(got, reference * 0.5 ** step, rtol=1e-5, atol=1e-7)
 
 
-def test_fused_adam_steps_as_the_reference_adam():
-    """The learner's fused Adam (no host read of its step count) against torch's single-tensor Adam on the
-    same batches: parameters within float32 rounding after three updates."""
-    replay_a, fused = _filled_replay(), _learner()
-    replay_b, single = _filled_replay(), _learner()
-    group = single.optimizer.param_groups[0]
-    single.optimizer = torch.optim.Adam(single.model.parameters(), lr=group["lr"], weight_decay=group["weight_decay"],
-                                        foreach=False)
-    assert fused.optimizer.param_groups[0]["fused"]
-    ga, gb = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
-    for _ in range(2):  # (before the learning-rate step at update 3)
-        fused.update(replay_a, ga)
-        single.update(replay_b, gb)
-    for a, b in zip(fused.model.parameters(), single.model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # float32: a few ulps per step of lr 1e-4
+def _random_grads(model, generator):
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=generator)
+
+
+def test_the_learners_adam_step_is_torchs_fused_adam():
+    """The learner calls torch's fused Adam kernel itself (no Optimizer.step wrapper, which torch.compile breaks
+    the graph at): the same weights as ``torch.optim.Adam(fused=True).step()`` bit for bit, and as the
+    single-tensor Adam within float32 rounding (a few ulps per step of lr 1e-4)."""
+    import copy
+
+    learner = _learner()
+    fused, single = copy.deepcopy(learner.model), copy.deepcopy(learner.model)
+    lr, decay = learner.config.lr, learner.config.weight_decay
+    optimizers = [torch.optim.Adam(fused.parameters(), lr=lr, weight_decay=decay, fused=True),
+                  torch.optim.Adam(single.parameters(), lr=lr, weight_decay=decay, foreach=False)]
+    for step in range(3):
+        for model in (learner.model, fused, single):
+            _random_grads(model, torch.Generator().manual_seed(step))
+        learner._adam_step()
+        for optimizer in optimizers:
+            optimizer.step()
+    for ours, a, b in zip(learner.model.parameters(), fused.parameters(), single.parameters()):
+        assert torch.equal(ours, a)
+        torch.testing.assert_close(ours, b, rtol=1e-5, atol=1e-6)
+    state = learner.optimizer.state[next(learner.model.parameters())]
+    assert float(state["step"]) == 3.0 and state["step"].dtype == torch.float32
 
 
 def test_a_checkpoint_of_the_single_tensor_adam_resumes_fused():
@@ -175,11 +187,14 @@ def test_a_checkpoint_of_the_single_tensor_adam_resumes_fused():
     its own (fused: no host read) and continues from the saved moments and step count."""
     replay, old = _filled_replay(), _learner()
     group = old.optimizer.param_groups[0]
-    old.optimizer = torch.optim.Adam(old.model.parameters(), lr=group["lr"], weight_decay=group["weight_decay"],
+    old.optimizer = torch.optim.Adam(old.model.parameters(), lr=float(group["lr"]), weight_decay=group["weight_decay"],
                                      foreach=False)
-    old.update(replay, torch.Generator().manual_seed(2))
+    _random_grads(old.model, torch.Generator().manual_seed(2))
+    old.optimizer.step()
     resumed = _learner()
     resumed.load_state_dict(old.state_dict())
     assert resumed.optimizer.param_groups[0]["fused"] and resumed.optimizer.param_groups[0]["foreach"] is None
     state = resumed.optimizer.state[next(resumed.model.parameters())]
     assert float(state["step"]) == 1.0 and state["step"].dtype == torch.float32
+    resumed.update(replay, torch.Generator().manual_seed(3))  # continues with the loaded state
+    assert float(state["step"]) == 2.0

@@ -15,7 +15,8 @@ import torch
 
 from ezm_gpu.kernels import SearchConfig, sampled_gumbel_search
 from ezm_gpu.kernels import __main__ as kernels_cli
-from ezm_gpu.kernels.agreement import NEAR_TIE, compare, reference_with_margins
+from ezm_gpu.kernels.agreement import NEAR_TIE, compare, float_excess, reference_with_margins
+from ezm_gpu.kernels.random_search import check_against_reference
 from ezm_gpu.kernels.reference import record_margin, root_scores
 from models import LinearModel, random_roots
 
@@ -79,6 +80,28 @@ def test_a_flip_at_a_near_tie_is_accepted_and_any_other_difference_is_not():
     counts[12, 0] += 1  # visit counts are compared too
     assert torch.nonzero(compare(dataclasses.replace(expected, visit_counts=counts), expected, margin).differ)\
         .flatten().tolist() == [12]
+
+
+def test_floats_of_identically_searched_trees_are_held_to_the_spec_tolerance():
+    """rtol 1e-5 + atol 1e-6 (docs/search.md) on the trees whose integers agree; a tree that parted ways after a
+    near-tie is not held to it."""
+    model, roots = _roots()
+    expected, margin = reference_with_margins(**roots, recurrent_fn=model, config=CONFIG)
+    every = torch.ones(24, dtype=torch.bool)
+    assert all(excess <= 0 for excess in float_excess(expected, expected, every).values())
+    assert float_excess(expected, expected, torch.zeros(24, dtype=torch.bool)) == {}
+    q = expected.completed_q.clone()
+    q[5, 2] += 1e-7  # within atol
+    assert float_excess(dataclasses.replace(expected, completed_q=q), expected, every)["completed_q"] <= 0
+    q[5, 2] += 1e-3 * (1 + q[5, 2].abs())
+    off = dataclasses.replace(expected, completed_q=q)
+    excess = float_excess(off, expected, every)
+    assert excess["completed_q"] > 0 and excess["root_value"] <= 0
+    assert float_excess(off, expected, every.index_fill(0, torch.tensor([5]), False))["completed_q"] <= 0
+    verdict = check_against_reference(off, roots, model, CONFIG)
+    assert verdict.agreement.agrees and not verdict.agrees
+    assert "completed_q exceeds rtol 1e-5 + atol 1e-6" in verdict.summary()
+    assert check_against_reference(expected, roots, model, CONFIG).agrees
 
 
 ARGS = ["--trees", "48", "--simulations", "8", "--root-actions", "8", "--searches", "1", "--device", "cpu"]
