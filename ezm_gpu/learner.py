@@ -152,7 +152,7 @@ class Learner:
     def _set_rate(self) -> None:
         """The rate for the next update: x0.1 once ``_decay_step`` updates are made (chosen on the device), and
         low for good once low (a resumed run keeps its rate, whatever its plan's new decay count)."""
-        if self._low_rate is not None:  # (meta: shapes only, no schedule)
+        if self._fused:  # (meta: shapes only, no schedule)
             self.lr.copy_(torch.where(self.step >= self._decay_step, self._low_rate, self.lr))
 
     @property
@@ -160,10 +160,10 @@ class Learner:
         """Updates made (a host read of ``step``: for checkpoints and logs, not the hot loop)."""
         return int(self.step)
 
-    def update(self, replay: ReplayBuffer, generator: Optional[torch.Generator] = None
-               ) -> dict[str, torch.Tensor]:
+    def update(self, replay: ReplayBuffer, generator: rng.Generator = None) -> dict[str, torch.Tensor]:
         """One update from ``replay``; returns scalar tensors for logging (no host read). The unroll K and
-        the value targets' n are the replay's (its windows hold K + n transitions)."""
+        the value targets' n are the replay's (its windows hold K + n transitions). ``generator``: a
+        torch.Generator or, for a captured update (``ezm_gpu.graphs``), a ``rng.CounterRNG``."""
         c, unroll_steps = self.config, replay.config.unroll_steps
         batch = replay.sample(generator)
         targets = reanalyze(self.ema.copy, batch, self.search, unroll_steps, replay.config.td_steps, self.step,
