@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from . import rng
+from .distributed import World, all_gather_rows, average_gradients, global_batch_norm
 from .ema import EMA
 from .loss import LossWeights, UnrollPredictions, UnrollTargets, ezm_loss
 from .model import EZMModel, policy_log_prob
@@ -99,9 +100,15 @@ def _capturing() -> bool:
 class Learner:
     """Owns the online model, its optimiser and EMA copy; ``update`` does one training step."""
 
-    def __init__(self, model: EZMModel, config: LearnerConfig, search: SearchSettings = SearchSettings()):
-        """``search``: the reanalysis searches (the acting search's settings; its discount is the targets')."""
-        self.model, self.config, self.search = model, config, search
+    def __init__(self, model: EZMModel, config: LearnerConfig, search: SearchSettings = SearchSettings(),
+                 world: World = World()):
+        """``search``: the reanalysis searches (the acting search's settings; its discount is the targets').
+        ``world``: the data-parallel ranks (``ezm_gpu.distributed``); every rank's model must start identical.
+        With more than one, each update is the one a single learner would make from the union of the ranks'
+        batches (averaged gradients, BatchNorm and observation statistics of the union)."""
+        self.model, self.config, self.search, self.world = model, config, search, world
+        if world.size > 1:
+            global_batch_norm(model)
         device = next(model.parameters()).device
         # Everything an update changes or reads from one update to the next lives on the device (the step
         # count, the learning rate, Adam's step counts), so that an update reads nothing from the host and
@@ -183,13 +190,14 @@ class Learner:
         for p in self.model.parameters():  # (Optimizer.zero_grad(set_to_none=True), which torch.compile skips)
             p.grad = None
         loss.backward()
+        average_gradients(self.model.parameters(), self.world)
         terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         self._adam_step()
         self.step += 1
         self._set_rate()
         priorities = (first_values.mean(0) - targets.value_targets[:, 0]).abs() + 1e-6
         replay.update_priorities(batch.indices, priorities, batch.stamps)
-        self.model.update_obs_stats(batch.obs[:, 0])  # training starts once every task holds data
+        self.model.update_obs_stats(all_gather_rows(batch.obs[:, 0], self.world))  # (once every task holds data)
         self.ema.update(self.model, self.step)
         terms["loss"] = loss.detach()
         return terms
