@@ -49,6 +49,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "rotate_checkpoints",
+    "shard_path",
     "sweep_temporaries",
     "checkpoint_path",
     "latest_checkpoint",
@@ -82,6 +83,14 @@ def checkpoint_path(run_dir: PathLike, updates: int) -> Path:
     if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
         raise ValueError(f"updates must be an integer >= 0, got {updates!r}")
     return Path(run_dir) / f"checkpoint_{updates:012d}.pt"
+
+
+def shard_path(checkpoint: PathLike, rank: int) -> Path:
+    """Where rank ``rank`` (>= 1) of a data-parallel run keeps its shard of ``checkpoint``: its worlds, replay and
+    draws (``checkpoint_<n>.rank<r>.pt``). Rank 0 writes ``checkpoint`` itself last, once every shard is on disk,
+    so a checkpoint that exists is complete."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.rank{rank}.pt")
 
 
 def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -119,6 +128,8 @@ def rotate_checkpoints(run_dir: PathLike, newest: PathLike, keep: int) -> list[P
     doomed = older[:max(0, len(older) - (keep - 1))]
     for path in doomed:
         path.unlink()
+        for shard in path.parent.glob(f"{path.stem}.rank*.pt"):  # a data-parallel run's other ranks' shards
+            shard.unlink()
     return doomed
 
 

@@ -90,16 +90,18 @@ class Collector:
     ``capture`` ("off" | "cuda" | "trace", ``ezm_gpu.graphs``): the searched decisions' acting search, and the
     replay insert with the returns' count, are each captured once and replayed (the env step replays its
     physics from its own CUDA graph: MuJoCo-Warp's solver loops are conditional graph nodes, which CUDA does
-    not nest inside another capture). The generator must then be a ``rng.CounterRNG``.
+    not nest inside another capture). The generator must then be a ``rng.CounterRNG``. ``shards``: the
+    data-parallel ranks that each collect with as many worlds (the counts of env steps are the run's).
     """
 
     def __init__(self, world, replay: ReplayBuffer, search: SearchSettings, action_repeat: int,
-                 start_transitions: int, returns: EpisodeReturns, generator, capture: str = "off"):
+                 start_transitions: int, returns: EpisodeReturns, generator, capture: str = "off", shards: int = 1):
         self.world, self.replay, self.search, self.returns, self.generator = world, replay, search, returns, generator
         self.action_repeat, self.start_transitions, self.capture = action_repeat, start_transitions, capture
         self._search_model, self._search_step = None, None  # the acting search, of the model last passed
         self._record = GraphedStep(self._record_step, capture, warmup=GRAPH_WARMUP, name="replay insert")
-        self.worlds_per_task = min(s.stop - s.start for s in world.slices)  # the smallest task's share
+        # The smallest task's worlds in the whole run (``shards`` data-parallel ranks step as many as this one).
+        self.worlds_per_task = min(s.stop - s.start for s in world.slices) * shards
         self.decisions = 0  # decisions taken
         self.obs = None  # [W, obs] the worlds' current observations (``reset`` or a checkpoint sets them)
 

@@ -68,6 +68,7 @@ class TrainConfig:
     action_repeat: int = 1  # env steps per agent decision (release: 1; `steps` counts env steps)
     precision: str = "auto"  # gradient step: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     capture: str = "off"  # hot loop captured once, replayed: off | cuda (CUDA graphs) | trace (torch.fx stand-in, any device)
+    world_size: int = 1  # data-parallel ranks (set by torchrun, recorded for resume; not a command-line choice)
     model: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields over the preset
     search: SearchSettings = dataclasses.field(default_factory=SearchSettings)  # acting/reanalysis search
 
@@ -157,6 +158,7 @@ def validate(cfg: TrainConfig, task_sets: Optional[dict] = None, known_tasks: Op
     _positive_int(cfg, "ema_interval")
     _positive_int(cfg, "td_steps")
     _positive_int(cfg, "action_repeat")
+    _positive_int(cfg, "world_size")
     if isinstance(cfg.tasks, str):
         if cfg.tasks not in task_sets:
             _fail("tasks", cfg.tasks, "a task-set name (" + ", ".join(task_sets) + ") or a list of task ids")

@@ -2,6 +2,8 @@
 is 40% through its decisions, or earlier for a task whose last 10 training returns have saturated."""
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 
 __all__ = ["SATURATION_WINDOW", "push_recent_returns", "saturated_tasks", "Curriculum"]
@@ -31,14 +33,11 @@ def push_recent_returns(recent: torch.Tensor, recent_count: torch.Tensor, task_i
     recent_count.add_(finished)
 
 
-def saturated_tasks(recent: torch.Tensor, recent_count: torch.Tensor) -> list[int]:
-    """Task indices whose last R returns have saturated (release: ``max - min < 0.1 max`` and ``min > 60``).
-
-    Reads the rings on the host: call it where a log is written anyway.
-    """
+def saturated_tasks(recent: torch.Tensor, recent_count: torch.Tensor) -> torch.Tensor:
+    """[T] bool: the tasks whose last R returns have saturated (release: ``max - min < 0.1 max`` and ``min > 60``)."""
     full = recent_count >= recent.shape[1]
     high, low = recent.amax(1), recent.amin(1)
-    return [i for i, hit in enumerate((full & (high - low < 0.1 * high) & (low > 60)).tolist()) if hit]
+    return full & (high - low < 0.1 * high) & (low > 60)
 
 
 class Curriculum:
@@ -57,9 +56,14 @@ class Curriculum:
         if decisions == self.switch_at:
             self.world.set_time_limit(max(self.episode_length, 1000))
 
-    def switch_saturated(self) -> None:
-        """The release's early switch for saturated tasks (reads the rings: call it where a log row is written)."""
-        for task in saturated_tasks(self.recent, self.recent_count):
+    def switch_saturated(self, agree: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+        """The release's early switch for saturated tasks (reads the rings: call it where a log row is written).
+
+        ``agree``: [T] int (1 = saturated here) -> [T], the same on every data-parallel rank (the trainer's: the
+        minimum over the ranks, so a task switches everywhere once it saturated on every rank)."""
+        saturated = saturated_tasks(self.recent, self.recent_count).long()
+        saturated = saturated if agree is None else agree(saturated)
+        for task in saturated.nonzero().flatten().tolist():
             if self.world.time_limits[task] < 1000:
                 self.world.set_time_limit(max(self.episode_length, 1000), task)
 

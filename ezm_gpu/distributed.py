@@ -25,10 +25,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["World", "init_world", "average_gradients", "all_gather_rows", "GlobalBatchNorm1d",
-           "global_batch_norm", "COLLECTIVE_TIMEOUT"]
+__all__ = ["World", "init_world", "average_gradients", "all_gather_rows", "reduce_", "broadcast_object", "barrier",
+           "GlobalBatchNorm1d", "global_batch_norm", "COLLECTIVE_TIMEOUT", "RANK_SEED_STRIDE"]
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=5)  # a rank that stops answering ends the others' collectives
+RANK_SEED_STRIDE = 1_000_003  # rank r seeds its worlds and draws with seed + r x this (rank 0: the plain seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +85,28 @@ def average_gradients(parameters: Iterable[nn.Parameter], world: World) -> None:
     flat /= world.size
     for g, part in zip(grads, flat.split([g.numel() for g in grads])):
         g.copy_(part.view_as(g))
+
+
+def reduce_(x: torch.Tensor, world: World, op: str = "sum") -> torch.Tensor:
+    """``x`` reduced over the ranks in place ("sum", "max" or "min"); returns it (unchanged in a world of one)."""
+    if world.size > 1:
+        dist.all_reduce(x, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+    return x
+
+
+def broadcast_object(obj, world: World):
+    """Rank 0's ``obj`` (any picklable value) on every rank."""
+    if world.size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(world: World) -> None:
+    """Waits until every rank is here (nothing in a world of one)."""
+    if world.size > 1:
+        dist.barrier()
 
 
 def all_gather_rows(x: torch.Tensor, world: World) -> torch.Tensor:

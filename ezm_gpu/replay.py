@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -199,10 +199,14 @@ class ReplayBuffer:
     batch.stamps)``.
     """
 
-    def __init__(self, config: ReplayConfig, device: Optional[torch.device | str] = None):
+    def __init__(self, config: ReplayConfig, device: Optional[torch.device | str] = None,
+                 shared_max: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        """``shared_max``: for a shard of a data-parallel replay, [T] -> [T] the maximum over every shard (a
+        collective, ``ezm_gpu.distributed``): new transitions then get their task's maximum stored priority over
+        the whole replay, as one buffer would give them. None: this buffer is the whole replay."""
         if not isinstance(config, ReplayConfig):
             raise TypeError(f"config must be a ReplayConfig, got {type(config).__name__}")
-        self.config = config
+        self.config, self._shared_max = config, shared_max
         # (canonical: compares equal to its tensors' device; "meta" holds shapes only: ezm_gpu.opcount)
         self.device = canonical_device("cpu" if device is None else device, allow_meta=True)
         self._sink = config.num_tasks * config.capacity  # the storage's last row (storage_layout)
@@ -391,6 +395,7 @@ class ReplayBuffer:
 
         # The task's max over stored priorities, read before this step overwrites anything (as released).
         max_p = self._tc(self._priority).amax(1)
+        max_p = max_p if self._shared_max is None else self._shared_max(max_p)
         max_p = torch.where(max_p > 0, max_p, torch.full_like(max_p, c.initial_priority))
 
         step_stamp, final_stamp = stamp[:W], stamp[W:]

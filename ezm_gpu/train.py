@@ -15,6 +15,7 @@ from .checkpoint import CheckpointError
 from .cli import CONFIG_GROUPS, compose_config, config_group_options, resume_changes, usage
 from .collect import step_repeated
 from .config import ConfigError, TrainConfig, load_run_config
+from .distributed import World
 from .curriculum import push_recent_returns, saturated_tasks
 from .evaluate import evaluate
 from .plan import UpdatePlan, plan_updates
@@ -27,10 +28,11 @@ __all__ = ["run", "main", "Trainer", "evaluate", "step_repeated", "push_recent_r
            "plan_updates", "usage"]
 
 
-def run(cfg: TrainConfig, changes: Optional[dict] = None) -> pathlib.Path:
+def run(cfg: TrainConfig, changes: Optional[dict] = None, ranks: Optional[World] = None) -> pathlib.Path:
     """Trains per ``cfg`` (``Trainer``); returns the run directory. Raises ConfigError before any work on a bad
-    value, RunInterrupted after the checkpoint a SIGINT/SIGTERM asked for."""
-    return Trainer(cfg, changes).run()
+    value, RunInterrupted after the checkpoint a SIGINT/SIGTERM asked for. ``ranks``: the data-parallel world
+    (default: torchrun's environment, a world of one without it)."""
+    return Trainer(cfg, changes, World.from_env() if ranks is None else ranks).run()
 
 
 def main(argv: Optional[list] = None) -> None:
@@ -48,7 +50,9 @@ def main(argv: Optional[list] = None) -> None:
     except (ConfigError, HydraException) as error:  # e.g. a key that does not exist
         raise SystemExit(f"ezm_gpu.train: {error}")
     try:
-        print(f"run directory: {run(cfg, changes)}")
+        run_dir = run(cfg, changes)
+        if World.from_env().main:
+            print(f"run directory: {run_dir}")
     except RunInterrupted as stopped:
         print(f"ezm_gpu.train: {stopped}", file=sys.stderr)
         raise SystemExit(stopped.exit_code)

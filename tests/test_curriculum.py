@@ -32,7 +32,7 @@ def test_saturation_rule_is_the_release_s():
     count = torch.tensor([4, 9, 4, 3])
     # task 0: spread 10 < 0.1 * 105 and min 95 > 60; task 1: spread too wide; task 2: min <= 60;
     # task 3: fewer than 4 returns yet.
-    assert saturated_tasks(recent, count) == [0]
+    assert saturated_tasks(recent, count).tolist() == [True, False, False, False]
 
 
 def test_set_time_limit_per_task():
