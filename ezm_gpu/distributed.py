@@ -69,7 +69,10 @@ def init_world(world: World, device: torch.device) -> None:
     if world.size == 1 or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    kwargs = {}
+    if device.type == "cuda":  # NCCL's object collectives (broadcast_object_list) use the current device
+        torch.cuda.set_device(device)
+        kwargs = {"device_id": device}
     dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=COLLECTIVE_TIMEOUT, **kwargs)
 
 
