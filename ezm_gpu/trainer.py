@@ -113,8 +113,10 @@ class _Divergence:
         update = int(reduce_(self.update.clone(), self.ranks, "max"))  # host read: where a log, evaluation or
         # checkpoint is due
         if update:
+            where = (f"loss became {float(self.loss)}" if int(self.update) == update else
+                     "the loss of another rank became non-finite")
             raise TrainingDiverged(
-                f"loss became {float(self.loss)} at update {update}; the last good checkpoint in "
+                f"{where} at update {update}; the last good checkpoint in "
                 f"{run_dir / 'checkpoints'} is intact (lower the learning rate or check the observations)")
 
 

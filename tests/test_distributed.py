@@ -194,3 +194,27 @@ def _environ(pid: int) -> dict:
     except OSError:
         return {}
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+@pytest.mark.parametrize("fault", ["nan", "raise"])
+def test_a_fault_on_one_rank_stops_every_rank(tmp_path, fault):
+    """Rank 1's loss turns NaN at update 7 (rank 0's stays finite): both ranks stop as diverged at the next log
+    point and the last good checkpoint (update 5) is intact; or rank 1 raises: the job ends with an error."""
+    import time
+
+    from ezm_gpu.checkpoint import latest_checkpoint, load_checkpoint
+
+    out = tmp_path / fault
+    env = dict(_env(), EZM_TEST_FAULT=fault, EZM_TEST_FAULT_AT="7")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(HERE / "faulty_train.py"), *SMALL, f"out={out}"]
+    start = time.time()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode != 0 and time.time() - start < 120
+    if fault == "raise":
+        assert "injected fault on rank 1" in result.stderr
+        return
+    assert "ezm_gpu.train: the loss of another rank became non-finite at update 7" in result.stderr  # rank 0
+    assert "ezm_gpu.train: loss became nan at update 7" in result.stderr  # rank 1
+    last = latest_checkpoint(out / "checkpoints")
+    assert last.name == "checkpoint_000000000005.pt" and load_checkpoint(last)["counters"]["updates"] == 5
