@@ -73,7 +73,7 @@ class GraphedStep:
             return self._warm(inputs)
         if self._replay is None:
             self._inputs = [x.detach().clone() for x in inputs]
-            self._capture()  # the capture call's own work is done by then (see _capture_cuda / _capture_trace)
+            self._capture()  # (which also does this call's work: a replay after a CUDA capture, the trace itself)
             return self._outputs
         if len(inputs) != len(self._inputs) or any(x.shape != s.shape or x.dtype != s.dtype or x.device != s.device
                                                     for x, s in zip(inputs, self._inputs)):

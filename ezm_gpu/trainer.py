@@ -182,14 +182,15 @@ class Trainer:
         self.run_dir, resume_from = broadcast_object(prepare_run_dir(cfg, self.tasks) if ranks.main else None, ranks)
         if cfg.device == "auto" and device.type == "cpu" and ranks.main:
             print(cpu_notice(cfg, self.tasks), file=sys.stderr)
+        shard_envs, shard_batch = cfg.envs // ranks.size, cfg.batch_size // ranks.size  # this rank's share
         if ranks.size > 1 and ranks.main:
             print(f"ezm_gpu.train: data-parallel, world_size {ranks.size} ({torch.distributed.get_backend()}): "
-                  f"{cfg.envs // ranks.size} worlds and batch {cfg.batch_size // ranks.size} per rank, "
-                  f"{cfg.envs} and {cfg.batch_size} in all", file=sys.stderr)
+                  f"{shard_envs} worlds and batch {shard_batch} per rank, {cfg.envs} and {cfg.batch_size} in all",
+                  file=sys.stderr)
         torch.manual_seed(cfg.seed)  # the model's initial weights: the same on every rank
         seed = cfg.seed + ranks.rank * RANK_SEED_STRIDE  # this rank's worlds and draws
 
-        self.world = world = envs.make_set(self.tasks, cfg.envs // ranks.size, device=device, seed=seed,
+        self.world = world = envs.make_set(self.tasks, shard_envs, device=device, seed=seed,
                                            time_limit=cfg.episode_length, ignore_termination=cfg.ignore_termination)
         worlds_per_task = [s.stop - s.start for s in world.slices]
         self.plan = plan = plan_updates(cfg, min(worlds_per_task) * ranks.size)  # the run's plan, on every rank
@@ -204,8 +205,7 @@ class Trainer:
         num_tasks = len(self.tasks)
         self.replay = ReplayBuffer(ReplayConfig(
             num_tasks=num_tasks, capacity=capacity, obs_dim=world.obs_dim, action_dim=world.action_dim,
-            num_worlds=cfg.envs // ranks.size, td_steps=cfg.td_steps,
-            batch_size=cfg.batch_size // ranks.size // num_tasks * num_tasks), device=device,
+            num_worlds=shard_envs, td_steps=cfg.td_steps, batch_size=shard_batch // num_tasks * num_tasks), device=device,
             shared_max=None if ranks.size == 1 else lambda priorities: reduce_(priorities, ranks, "max"))
         # A captured step draws from a counter on the device (a torch.Generator's state lives on the host).
         self.generator = (torch.Generator(device).manual_seed(seed) if cfg.capture == "off"
@@ -260,10 +260,7 @@ class Trainer:
     def _load(self, path: pathlib.Path) -> dict:
         """The checkpoint this rank resumes from, mapped in host memory: the learner from rank 0's file (the same
         weights on every rank), the rest from this rank's own shard."""
-        loaded = ckpt.load_checkpoint(path, map_location="cpu", mmap=True)
-        if loaded.get("world_size", 1) != self.ranks.size:
-            raise ckpt.CheckpointError(f"{path} was written by {loaded.get('world_size', 1)} rank(s), this run has "
-                                       f"{self.ranks.size}")
+        loaded = ckpt.load_checkpoint(path, map_location="cpu", mmap=True)  # (world size: _check_ranks, from config)
         if self.ranks.main:
             return loaded
         shard = ckpt.load_checkpoint(ckpt.shard_path(path, self.ranks.rank), map_location="cpu", mmap=True)
