@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .kernels import RecurrentFnOutput, SearchConfig, SearchOutput, sampled_gumbel_search
+from .kernels import SampledRecurrentFnOutput, SearchConfig, SearchOutput, sampled_gumbel_search
 from .sampling import sample_candidates
 
 __all__ = ["SearchSettings", "search_positions"]
@@ -65,10 +65,10 @@ def search_positions(model, obs: torch.Tensor, task_ids: torch.Tensor, settings:
                               mask, generator)
     k = settings.num_child_actions
 
-    def recurrent_fn(latent: torch.Tensor, action: torch.Tensor) -> RecurrentFnOutput:
+    def recurrent_fn(latent: torch.Tensor, action: torch.Tensor) -> SampledRecurrentFnOutput:
         step = model.recurrent_inference(latent, action, task_ids, generator=generator)
         children = candidates(step.policy_mean, step.policy_log_std, k, settings.child_wide, mask, generator)
-        return RecurrentFnOutput(step.next_latent, step.reward, step.value, children,
+        return SampledRecurrentFnOutput(step.next_latent, step.reward, step.value, children,
                                  torch.zeros_like(children[..., 0]))
 
     out = sampled_gumbel_search(root.latent, root.value, root_actions, torch.zeros_like(root_actions[..., 0]),

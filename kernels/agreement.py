@@ -26,7 +26,7 @@ import torch
 
 from . import reference
 from .config import SearchConfig
-from .search import RecurrentFn, SearchOutput, _check_inputs, _simulate
+from .search import SampledRecurrentFn, SearchOutput, _check_inputs, _simulate
 
 __all__ = ["NEAR_TIE", "FLOAT_RTOL", "FLOAT_ATOL", "FLOAT_OUTPUTS", "Agreement", "reference_with_margins", "compare",
            "float_excess"]
@@ -59,7 +59,7 @@ class Agreement:
 
 
 def reference_with_margins(root_embedding: torch.Tensor, root_value: torch.Tensor, root_actions: torch.Tensor,
-                           root_prior_logits: torch.Tensor, recurrent_fn: RecurrentFn,
+                           root_prior_logits: torch.Tensor, recurrent_fn: SampledRecurrentFn,
                            config: SearchConfig = SearchConfig(),
                            gumbel: Optional[torch.Tensor] = None) -> tuple[SearchOutput, torch.Tensor]:
     """The torch reference search (same arguments as ``sampled_gumbel_search``) and, per tree, the smallest

@@ -12,8 +12,8 @@ from .tree import Selection, Tree, expand, init_tree, nan_to_lowest
 
 __all__ = [
     "SearchOutput",
-    "RecurrentFn",
-    "RecurrentFnOutput",
+    "SampledRecurrentFn",
+    "SampledRecurrentFnOutput",
     "sampled_gumbel_search",
     "select",
     "backup",
@@ -24,7 +24,7 @@ __all__ = [
 
 Backend = Literal["torch", "triton", "inductor"]
 
-class RecurrentFnOutput(NamedTuple):
+class SampledRecurrentFnOutput(NamedTuple):
     """What ``recurrent_fn`` returns for B nodes being expanded (a plain 5-tuple in this order works too)."""
 
     next_embedding: torch.Tensor  # [B, D, ...] latent of the new node
@@ -34,8 +34,8 @@ class RecurrentFnOutput(NamedTuple):
     child_prior_logits: torch.Tensor  # [B, k] their prior logits
 
 
-RecurrentFn = Callable[[torch.Tensor, torch.Tensor], RecurrentFnOutput]
-"""recurrent_fn(embedding [B, D], action [B, A]) -> RecurrentFnOutput."""
+SampledRecurrentFn = Callable[[torch.Tensor, torch.Tensor], SampledRecurrentFnOutput]
+"""recurrent_fn(embedding [B, D], action [B, A]) -> SampledRecurrentFnOutput."""
 
 
 @dataclasses.dataclass
@@ -137,7 +137,7 @@ def sampled_gumbel_search(
     root_value: torch.Tensor,
     root_actions: torch.Tensor,
     root_prior_logits: torch.Tensor,
-    recurrent_fn: RecurrentFn,
+    recurrent_fn: SampledRecurrentFn,
     config: SearchConfig = SearchConfig(),
     gumbel: Optional[torch.Tensor] = None,
     backend: Optional[str] = None,
@@ -182,6 +182,7 @@ def _simulate(root_embedding, root_value, root_actions, root_prior_logits, recur
     tree = init_tree(root_value, root_actions, root_prior_logits, gumbel, config)
     embeddings = root_embedding.new_empty((batch, n + 1) + tuple(root_embedding.shape[1:]))
     embeddings[:, 0] = root_embedding
+    tree.embeddings = embeddings
     node_rows = torch.arange(batch, device=root_actions.device) * (n + 1)  # row offsets into [B * (N+1), ...]
     edge_rows = torch.arange(batch, device=root_actions.device) * tree.num_edges
     for simulation in range(n):
@@ -246,7 +247,7 @@ def _check_inputs(root_embedding, root_value, root_actions, root_prior_logits, g
 def _check_model_outputs(out, root_embedding, batch, k, action_dim):
     """The first recurrent_fn call's outputs, checked once (shapes are fixed for the whole search)."""
     if not isinstance(out, (tuple, list)) or len(out) != 5:
-        raise ValueError("recurrent_fn must return a RecurrentFnOutput (next_embedding, reward, value, "
+        raise ValueError("recurrent_fn must return a SampledRecurrentFnOutput (next_embedding, reward, value, "
                          f"child_actions, child_prior_logits), got {type(out).__name__} of length "
                          f"{len(out) if isinstance(out, (tuple, list)) else '-'}")
     names = ("next_embedding", "reward", "value", "child_actions", "child_prior_logits")
@@ -258,4 +259,4 @@ def _check_model_outputs(out, root_embedding, batch, k, action_dim):
         if tensor.device != root_embedding.device:
             raise ValueError(f"recurrent_fn output {name} is on {tensor.device}, the search on "
                              f"{root_embedding.device}")
-    return RecurrentFnOutput(*out)
+    return SampledRecurrentFnOutput(*out)

@@ -1,19 +1,28 @@
-"""Tree storage: a struct of arrays for B trees, allocated once per search.
+"""Tree storage: a struct of arrays for B trees, allocated once per search, shared by every search.
 
 Node 0 is the root; the leaf created at simulation s is node s+1, so a search of N simulations needs
 N+1 nodes and no allocator. Child slots are stored as *edges* in one flat per-tree array: the root's
 K slots are edges 0 … K-1, node n >= 1 owns edges K + (n-1)·k … K + n·k - 1. Node s+1's edges are
 therefore a static slice, and every link is an index (no pointers).
+
+Two searches use this storage. EZ-M's sampled search (``sampled_gumbel_search``): K sampled root
+candidates, k per interior node, value sums W, a survivor list and min-max statistics. mctx's discrete
+searches (``muzero_policy``, ``gumbel_muzero_policy``): K = k = A actions, so node n's edges are
+n·A … n·A + A - 1 and the edge arrays are mctx's ``children_*`` [B, N+1, A] flattened; values are kept
+as running means (mctx's ``node_values``), with raw values and per-edge discounts. Fields one search
+does not use are None. The mctx-named views (``children_visits``, ``qvalues``, ``summary`` …) read
+either kind.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple, Optional
 
 import torch
 
 from .config import SearchConfig
 
-__all__ = ["Tree", "Selection", "init_tree", "expand", "edge_index", "rank_descending", "top_candidates",
+__all__ = ["Tree", "Selection", "SearchSummary", "init_tree", "expand", "edge_index", "rank_descending", "top_candidates",
            "nan_to_lowest"]
 
 _LINK = torch.int64  # node, edge and slot indices: torch's index dtype, so gathers need no conversion
@@ -28,20 +37,27 @@ class Tree:
     """
 
     node_visits: torch.Tensor  # [B, M] int32: N(n)
-    node_value_sum: torch.Tensor  # [B, M] float32: W(n)
+    node_value_sum: Optional[torch.Tensor]  # [B, M] float32: W(n) (sampled search; None in a discrete tree)
     node_reward: torch.Tensor  # [B, M] float32: r(n), reward of the edge into n (0 at the root)
+    node_discount: torch.Tensor  # [B, M] float32: discount of the edge into n (sampled: SearchConfig.discount)
     node_parent: torch.Tensor  # [B, M] int64: parent node, -1 for the root and unused nodes
     node_slot: torch.Tensor  # [B, M] int64: slot of n in its parent, -1 for the root and unused nodes
     edge_child: torch.Tensor  # [B, E] int64: child node of the slot, -1 while not created
     edge_prior: torch.Tensor  # [B, E] float32: prior logit p of the slot
-    edge_policy: torch.Tensor  # [B, E] float32: softmax(p) over the slot's node, written once at expansion
-    edge_action: torch.Tensor  # [B, E, A]: sampled action of the slot (dtype of the root actions)
+    edge_policy: torch.Tensor  # [B, E] float32: softmax(p) over the slot's node, written at expansion
+    edge_action: Optional[torch.Tensor]  # [B, E, A]: sampled action of the slot (None in a discrete tree)
     gumbel: torch.Tensor  # [B, K] float32: Gumbel noise g of the root slots
-    survivors: torch.Tensor  # [B, K] int64: surviving root slots in order, -1 padded
-    minmax_lo: torch.Tensor  # [B] float32: smallest backed-up value seen (+inf before any)
-    minmax_hi: torch.Tensor  # [B] float32: largest backed-up value seen (-inf before any)
+    survivors: Optional[torch.Tensor]  # [B, K] int64: surviving root slots in order, -1 padded (sampled)
+    minmax_lo: Optional[torch.Tensor]  # [B] float32: smallest backed-up value seen (+inf before any) (sampled)
+    minmax_hi: Optional[torch.Tensor]  # [B] float32: largest backed-up value seen (-inf before any) (sampled)
     num_root_actions: int  # K
     num_child_actions: int  # k
+    # Discrete (mctx) trees only:
+    node_value: Optional[torch.Tensor] = None  # [B, M] float32: running mean value (mctx node_values)
+    node_raw_value: Optional[torch.Tensor] = None  # [B, M] float32: the model's value at the last expansion
+    root_invalid: Optional[torch.Tensor] = None  # [B, A] bool: invalid root actions (mctx root_invalid_actions)
+    # Both:
+    embeddings: Optional[torch.Tensor] = None  # [B, M, ...]: latent of every node (root at 0)
 
     @property
     def batch_size(self) -> int:
@@ -55,6 +71,110 @@ class Tree:
     def num_edges(self) -> int:
         return self.edge_child.shape[1]
 
+    # mctx's names, for trees of either search. "children" views are [B, M, A] (discrete trees, K = k = A).
+
+    @property
+    def num_actions(self) -> int:
+        """A = K: actions (root slots) per node."""
+        return self.num_root_actions
+
+    @property
+    def num_simulations(self) -> int:
+        return self.num_nodes - 1
+
+    @property
+    def node_values(self) -> torch.Tensor:
+        """[B, M] float32: mean value of every node (0 for unused nodes)."""
+        if self.node_value is not None:
+            return self.node_value
+        return self.node_value_sum / self.node_visits.clamp(min=1).float()
+
+    @property
+    def raw_values(self) -> Optional[torch.Tensor]:
+        """[B, M] float32: the model's value of every node (discrete trees)."""
+        return self.node_raw_value
+
+    @property
+    def parents(self) -> torch.Tensor:
+        return self.node_parent
+
+    @property
+    def action_from_parent(self) -> torch.Tensor:
+        return self.node_slot
+
+    def _by_node(self, edge_values: torch.Tensor) -> torch.Tensor:
+        if self.num_root_actions != self.num_child_actions:
+            raise ValueError("children_* views need K = k (a discrete tree); use the edge_* arrays of a sampled tree")
+        return edge_values.view(self.batch_size, self.num_nodes, self.num_actions)
+
+    @property
+    def children_index(self) -> torch.Tensor:
+        """[B, M, A] int64: child node of every (node, action), -1 where not expanded."""
+        return self._by_node(self.edge_child)
+
+    @property
+    def children_prior_logits(self) -> torch.Tensor:
+        """[B, M, A] float32."""
+        return self._by_node(self.edge_prior)
+
+    def _child_stat(self, node_stat: torch.Tensor, child: torch.Tensor) -> torch.Tensor:
+        """node_stat [B, M] read at child ([B, ...] node indices, -1 = none, read as 0)."""
+        flat = child.reshape(self.batch_size, -1)
+        out = node_stat.gather(1, flat.clamp(min=0)).masked_fill_(flat < 0, 0)
+        return out.view(child.shape)
+
+    @property
+    def children_visits(self) -> torch.Tensor:
+        """[B, M, A] int32: visits of every (node, action) edge."""
+        return self._child_stat(self.node_visits, self.children_index)
+
+    @property
+    def children_values(self) -> torch.Tensor:
+        """[B, M, A] float32: mean value of every child (0 where not expanded)."""
+        return self._child_stat(self.node_values, self.children_index)
+
+    @property
+    def children_rewards(self) -> torch.Tensor:
+        """[B, M, A] float32."""
+        return self._child_stat(self.node_reward, self.children_index)
+
+    @property
+    def children_discounts(self) -> torch.Tensor:
+        """[B, M, A] float32."""
+        return self._child_stat(self.node_discount, self.children_index)
+
+    def children_of(self, node: torch.Tensor) -> torch.Tensor:
+        """[B, A] int64: the child of each action of ``node`` ([B] int64), -1 where not expanded (in a sampled
+        tree, K root slots: the root only)."""
+        first = edge_index(node, torch.zeros_like(node), self.num_root_actions, self.num_child_actions)
+        return self.edge_child.gather(1, first[:, None] + torch.arange(self.num_root_actions, device=node.device))
+
+    def qvalues(self, node: torch.Tensor) -> torch.Tensor:
+        """[B, A] float32: r + discount · value of each child of ``node`` ([B] int64); 0 where not expanded
+        (mctx ``Tree.qvalues``)."""
+        child = self.children_of(node)
+        discount = self._child_stat(self.node_discount, child)
+        return self._child_stat(self.node_reward, child) + discount * self._child_stat(self.node_values, child)
+
+    def summary(self) -> "SearchSummary":
+        """Root statistics as mctx's ``Tree.summary()``: visit counts and probabilities, value, Q-values."""
+        root = torch.zeros(self.batch_size, dtype=torch.int64, device=self.node_visits.device)
+        value = self.node_values[:, 0]
+        visit_counts = self._child_stat(self.node_visits, self.children_of(root)).to(value.dtype)
+        total = visit_counts.sum(-1, keepdim=True)
+        visit_probs = torch.where(total > 0, visit_counts / total.clamp(min=1), 1.0 / self.num_actions)
+        return SearchSummary(visit_counts=visit_counts, visit_probs=visit_probs, value=value,
+                             qvalues=self.qvalues(root))
+
+
+class SearchSummary(NamedTuple):
+    """Root statistics of B trees with A actions (mctx ``SearchSummary``)."""
+
+    visit_counts: torch.Tensor  # [B, A] float32: visits of the root's children
+    visit_probs: torch.Tensor  # [B, A] float32: visit_counts normalised (uniform when none)
+    value: torch.Tensor  # [B] float32: the root's mean value
+    qvalues: torch.Tensor  # [B, A] float32: r + discount · value of each root child (0 where not expanded)
+
 
 @dataclasses.dataclass
 class Selection:
@@ -65,6 +185,7 @@ class Selection:
     root_slot: torch.Tensor  # the root slot on the selected path
     depth: torch.Tensor  # edges from the root to the new node
     edge: torch.Tensor  # flat edge index of (parent, slot): where the new node is linked
+    node: Optional[torch.Tensor] = None  # discrete search: the node written (s+1, or the existing child at max_depth)
 
 
 def edge_index(node: torch.Tensor, slot: torch.Tensor, num_root_actions: int,
@@ -141,6 +262,7 @@ def init_tree(root_value: torch.Tensor, root_actions: torch.Tensor, root_prior_l
         node_visits=node_visits,
         node_value_sum=node_value_sum,
         node_reward=torch.zeros(batch, num_nodes, dtype=torch.float32, device=device),
+        node_discount=torch.full((batch, num_nodes), config.discount, dtype=torch.float32, device=device),
         node_parent=torch.full((batch, num_nodes), -1, dtype=_LINK, device=device),
         node_slot=torch.full((batch, num_nodes), -1, dtype=_LINK, device=device),
         edge_child=torch.full((batch, num_edges), -1, dtype=_LINK, device=device),

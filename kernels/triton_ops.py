@@ -24,7 +24,8 @@ except ImportError as error:  # pragma: no cover - exercised only where triton i
     triton = None
     _IMPORT_ERROR = error
 
-__all__ = ["select", "backup", "sequential_halving", "available", "unavailable_reason", "KERNELS"]
+__all__ = ["select", "backup", "sequential_halving", "select_discrete", "backup_discrete", "available",
+           "unavailable_reason", "KERNELS"]
 
 SELECT_BLOCK_B = 32  # trees per program in select/backup: one tree per lane of a warp
 SELECT_WARPS = 1  # backup; select scales this with the root tile (see launch_params)
@@ -274,6 +275,198 @@ if triton is not None:
                  mask=live[:, None] & (j[None, :] >= keep) & (j[None, :] < num_survivors))
 
 
+    @triton.jit
+    def _discrete_node(
+        # Tree in:
+        node_visits_in, node_value_in, node_raw_value_in, node_reward_in, node_discount_in, edge_child_in,
+        edge_prior_in, edge_policy_in,
+        # One node per lane:
+        row_nodes, row_edges, node, live,
+        # Sizes:
+        num_actions,
+        BLOCK_A: tl.constexpr,
+    ):
+        """A node's statistics and its children's ([BB, BA] tiles; padding columns masked by ``valid``)."""
+        a = tl.arange(0, BLOCK_A)
+        valid = live[:, None] & (a[None, :] < num_actions)
+        edges = row_edges[:, None] + node[:, None] * num_actions + a[None, :]
+        child = tl.load(edge_child_in + edges, mask=valid, other=-1)
+        exists = valid & (child >= 0)
+        at = row_nodes[:, None] + tl.maximum(child, 0)
+        visits = tl.load(node_visits_in + at, mask=exists, other=0)
+        q = tl.load(node_reward_in + at, mask=exists, other=0.0) + \
+            tl.load(node_discount_in + at, mask=exists, other=0.0) * tl.load(node_value_in + at, mask=exists, other=0.0)
+        prior = tl.load(edge_prior_in + edges, mask=valid, other=0.0)
+        policy = tl.load(edge_policy_in + edges, mask=valid, other=0.0)
+        node_visits = tl.load(node_visits_in + row_nodes + node, mask=live, other=1)
+        node_value = tl.load(node_value_in + row_nodes + node, mask=live, other=0.0)
+        raw_value = tl.load(node_raw_value_in + row_nodes + node, mask=live, other=0.0)
+        return valid, child, visits, q, prior, policy, node_visits, node_value, raw_value
+
+    @triton.jit
+    def _qtransform(q, visits, valid, prior, node_value, raw_value,
+                    QTRANSFORM: tl.constexpr, RESCALE: tl.constexpr, MIXED: tl.constexpr,
+                    min_value, value_range, epsilon, value_scale, maxvisit_init):
+        """kernels.qtransforms in-kernel: 0 by_min_max, 1 by_parent_and_siblings, 2 completed_by_mix_value."""
+        visited = valid & (visits > 0)
+        if QTRANSFORM == 0:
+            out = (tl.where(visited, q, min_value) - min_value) / value_range
+        elif QTRANSFORM == 1:
+            safe = tl.where(visited, q, node_value[:, None])
+            low = tl.minimum(node_value, tl.min(tl.where(valid, safe, float("inf")), 1))
+            high = tl.maximum(node_value, tl.max(tl.where(valid, safe, float("-inf")), 1))
+            completed = tl.where(visited, q, low[:, None])
+            out = (completed - low[:, None]) / tl.maximum(high - low, epsilon)[:, None]
+        else:
+            visits_f = visits.to(tl.float32)
+            if MIXED:
+                probs = tl.maximum(_masked_softmax(prior, valid), 1.1754943508222875e-38)
+                sum_visits = tl.sum(tl.where(valid, visits_f, 0.0), 1)
+                sum_probs = tl.sum(tl.where(visited, probs, 0.0), 1)
+                weighted = tl.sum(tl.where(visited, probs * q / tl.where(visited, sum_probs[:, None], 1.0), 0.0), 1)
+                value = (raw_value + sum_visits * weighted) / (sum_visits + 1.0)
+            else:
+                value = raw_value
+            completed = tl.where(visited, q, value[:, None])
+            if RESCALE:
+                low = tl.min(tl.where(valid, completed, float("inf")), 1)
+                high = tl.max(tl.where(valid, completed, float("-inf")), 1)
+                completed = (completed - low[:, None]) / tl.maximum(high - low, epsilon)[:, None]
+            max_visits = tl.max(tl.where(valid, visits_f, 0.0), 1)
+            out = ((maxvisit_init + max_visits) * value_scale)[:, None] * completed
+        return out
+
+    @triton.jit
+    def _first_argmax(score, valid, BLOCK_A: tl.constexpr):
+        """[BB] int64: first maximal column of each row over valid columns (NaN counts as the largest,
+        torch.argmax's rule; all -inf: column 0)."""
+        a = tl.arange(0, BLOCK_A)
+        score = tl.where(score != score, float("inf"), score)
+        score = tl.where(valid, score, float("-inf"))
+        best = tl.max(score, 1)
+        first = tl.min(tl.where((score == best[:, None]) & valid, a[None, :], BLOCK_A), 1)
+        return tl.where(first == BLOCK_A, 0, first).to(tl.int64)
+
+    @triton.jit
+    def _discrete_select_kernel(
+        # Tree in:
+        node_visits_in, node_value_in, node_raw_value_in, node_reward_in, node_discount_in, edge_child_in,
+        edge_prior_in, edge_policy_in, root_invalid_in, gumbel_in, considered_table_in,
+        # Selection out:
+        parent_out, slot_out, root_slot_out, depth_out, edge_out, node_out,
+        # Sizes:
+        batch, num_nodes, num_actions, simulation, num_simulations, max_depth, max_considered,
+        # Config:
+        pb_c_init, pb_c_base, min_value, value_range, epsilon, value_scale, maxvisit_init,
+        # Variant:
+        RULE: tl.constexpr, QTRANSFORM: tl.constexpr, RESCALE: tl.constexpr, MIXED: tl.constexpr,
+        HAS_INVALID: tl.constexpr,
+        # Tiling:
+        BLOCK_B: tl.constexpr, BLOCK_A: tl.constexpr,
+    ):
+        tree = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        live = tree < batch
+        row_nodes = tree.to(tl.int64) * num_nodes
+        row_edges = row_nodes * num_actions
+        a = tl.arange(0, BLOCK_A)
+
+        # Root: RULE 0 (muzero) PUCT; RULE 1 (gumbel_muzero) the considered action by g + logits + q.
+        node = tl.zeros([BLOCK_B], dtype=tl.int64)
+        valid, child, visits, q, prior, policy, node_visits, node_value, raw_value = _discrete_node(
+            node_visits_in, node_value_in, node_raw_value_in, node_reward_in, node_discount_in, edge_child_in,
+            edge_prior_in, edge_policy_in, row_nodes, row_edges, node, live, num_actions, BLOCK_A)
+        qscore = _qtransform(q, visits, valid, prior, node_value, raw_value, QTRANSFORM, RESCALE, MIXED,
+                             min_value, value_range, epsilon, value_scale, maxvisit_init)
+        if HAS_INVALID:
+            invalid = tl.load(root_invalid_in + tree[:, None] * num_actions + a[None, :], mask=valid, other=1) != 0
+        else:
+            invalid = a[None, :] < 0
+        if RULE == 0:
+            n = node_visits.to(tl.float32)
+            pb_c = pb_c_init + tl.log((n + pb_c_base + 1.0) / pb_c_base)
+            score = qscore + (tl.sqrt_rn(n) * pb_c)[:, None] * policy / (visits.to(tl.float32) + 1.0)
+        else:
+            num_valid = tl.sum((valid & ~invalid).to(tl.int32), 1)
+            considered = tl.load(considered_table_in + tl.minimum(num_valid, max_considered) * num_simulations +
+                                 simulation, mask=live, other=0)
+            gumbel = tl.load(gumbel_in + tree[:, None] * num_actions + a[None, :], mask=valid, other=0.0)
+            logits = prior - tl.max(tl.where(valid, prior, float("-inf")), 1)[:, None]
+            penalty = tl.where(visits == considered[:, None], 0.0, float("-inf"))
+            score = tl.maximum(gumbel + logits + qscore, -1e9) + penalty
+        score = tl.where(invalid, float("-inf"), score)
+        action = _first_argmax(score, valid, BLOCK_A)
+        root_action = action
+        parent = node
+        depth = tl.full([BLOCK_B], 1, dtype=tl.int64)
+        below = tl.load(edge_child_in + row_edges + action, mask=live, other=-1)
+        going = live & (below >= 0) & (depth < max_depth)
+
+        # Below the root: RULE 0 PUCT; RULE 1 argmax softmax(logits + q) - N(a) / (1 + sum N).
+        while tl.max(going.to(tl.int32), 0) > 0:
+            node = tl.where(going, below, node)
+            valid, child, visits, q, prior, policy, node_visits, node_value, raw_value = _discrete_node(
+                node_visits_in, node_value_in, node_raw_value_in, node_reward_in, node_discount_in, edge_child_in,
+                edge_prior_in, edge_policy_in, row_nodes, row_edges, node, going, num_actions, BLOCK_A)
+            qscore = _qtransform(q, visits, valid, prior, node_value, raw_value, QTRANSFORM, RESCALE, MIXED,
+                                 min_value, value_range, epsilon, value_scale, maxvisit_init)
+            visits_f = visits.to(tl.float32)
+            if RULE == 0:
+                n = node_visits.to(tl.float32)
+                pb_c = pb_c_init + tl.log((n + pb_c_base + 1.0) / pb_c_base)
+                score = qscore + (tl.sqrt_rn(n) * pb_c)[:, None] * policy / (visits_f + 1.0)
+            else:
+                probs = _masked_softmax(prior + qscore, valid)
+                score = probs - visits_f / (1.0 + tl.sum(tl.where(valid, visits_f, 0.0), 1))[:, None]
+            chosen = _first_argmax(score, valid, BLOCK_A)
+            parent = tl.where(going, node, parent)
+            action = tl.where(going, chosen, action)
+            depth += going.to(tl.int64)
+            below = tl.load(edge_child_in + row_edges + node * num_actions + chosen, mask=going, other=-1)
+            going = going & (below >= 0) & (depth < max_depth)
+
+        edge = parent * num_actions + action
+        existing = tl.load(edge_child_in + row_edges + edge, mask=live, other=-1)
+        tl.store(parent_out + tree, parent, mask=live)
+        tl.store(slot_out + tree, action, mask=live)
+        tl.store(root_slot_out + tree, root_action, mask=live)
+        tl.store(depth_out + tree, depth, mask=live)
+        tl.store(edge_out + tree, edge, mask=live)
+        tl.store(node_out + tree, tl.where(existing >= 0, existing, simulation + 1), mask=live)
+
+    @triton.jit
+    def _discrete_backup_kernel(
+        # Tree in/out:
+        node_visits_io, node_value_io,
+        # Tree in:
+        node_reward_in, node_discount_in, node_parent_in,
+        # Selection in:
+        leaf_in,
+        # Sizes:
+        batch, num_nodes,
+        # Tiling:
+        BLOCK_B: tl.constexpr,
+    ):
+        tree = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        live = tree < batch
+        row_nodes = tree.to(tl.int64) * num_nodes
+        index = tl.load(leaf_in + tree, mask=live, other=0)
+        value = tl.load(node_value_io + row_nodes + index, mask=live, other=0.0)
+        going = live & (index != 0)
+        while tl.max(going.to(tl.int32), 0) > 0:  # each lane climbs its own path: distinct nodes, no hazards
+            at = row_nodes + index
+            parent = tl.maximum(tl.load(node_parent_in + at, mask=going, other=0), 0)
+            count = tl.load(node_visits_io + row_nodes + parent, mask=going, other=0)
+            reward = tl.load(node_reward_in + at, mask=going, other=0.0)
+            discount = tl.load(node_discount_in + at, mask=going, other=0.0)
+            value = tl.where(going, reward + discount * value, value)
+            mean = tl.load(node_value_io + row_nodes + parent, mask=going, other=0.0)
+            count_f = count.to(tl.float32)
+            tl.store(node_value_io + row_nodes + parent, (mean * count_f + value) / (count_f + 1.0), mask=going)
+            tl.store(node_visits_io + row_nodes + parent, count + 1, mask=going)
+            index = tl.where(going, parent, index)
+            going = going & (index != 0)
+
+
 def _check_layout(tree: Tree) -> None:
     for name in ("node_visits", "node_value_sum", "node_reward", "node_parent", "edge_child", "edge_prior",
                  "edge_policy", "gumbel", "survivors", "minmax_lo", "minmax_hi"):
@@ -336,5 +529,101 @@ def sequential_halving(tree: Tree, config: SearchConfig, simulation: int) -> Non
         **tiles, num_warps=warps, enable_fp_fusion=False)
 
 
-KERNELS = ("_select_kernel", "_backup_kernel", "_halve_kernel")
+@functools.lru_cache(maxsize=None)
+def discrete_launch_params(num_actions: int) -> dict:
+    """Per discrete kernel: (tile constexprs, num_warps) for A actions; the variant constexprs (RULE,
+    QTRANSFORM, …) come from ``discrete_kernel_params``. One tree per lane; lanes shrink as A grows so a
+    program holds about 2048 (tree, action) elements."""
+    block_a = _pow2(num_actions)
+    block_b = max(1, min(SELECT_BLOCK_B, 2048 // block_a))
+    return {
+        "_discrete_select_kernel": (dict(BLOCK_B=block_b, BLOCK_A=block_a), max(1, min(4, block_b * block_a // 512))),
+        "_discrete_backup_kernel": (dict(BLOCK_B=SELECT_BLOCK_B), SELECT_WARPS),
+    }
+
+
+_QTRANSFORMS = ("qtransform_by_min_max", "qtransform_by_parent_and_siblings", "qtransform_completed_by_mix_value")
+
+
+def discrete_kernel_params(config) -> tuple[dict, dict]:
+    """(variant constexprs, float scalars) of ``_discrete_select_kernel`` for a ``DiscreteSearchConfig``.
+
+    The qtransform must be one of ``kernels.qtransforms``' three, bare or a ``functools.partial`` of one
+    (keyword arguments only); anything else has no kernel and is refused with the torch backend to use.
+    """
+    import inspect
+
+    from . import qtransforms
+
+    function, keywords = config.qtransform, {}
+    if isinstance(function, functools.partial):
+        if function.args:
+            raise ValueError("backend='triton' needs the qtransform's parameters as keywords of functools.partial")
+        function, keywords = function.func, dict(function.keywords)
+    names = {getattr(qtransforms, name): index for index, name in enumerate(_QTRANSFORMS)}
+    if function not in names:
+        raise ValueError(f"backend='triton' runs the qtransforms of ezm_gpu.kernels ({', '.join(_QTRANSFORMS)}), "
+                         f"bare or through functools.partial; got {config.qtransform!r}: use backend='torch'")
+    parameters = inspect.signature(function).parameters
+    unknown = sorted(set(keywords) - set(parameters))
+    if unknown:
+        raise TypeError(f"{function.__name__} has no parameter(s) {unknown}")
+    values = {name: keywords.get(name, p.default) for name, p in parameters.items() if name not in ("tree", "node")}
+    missing = [name for name, value in values.items() if value is inspect.Parameter.empty]
+    if missing:
+        raise TypeError(f"{function.__name__} needs {missing} (functools.partial({function.__name__}, ...))")
+    variant = dict(RULE=0 if config.rule == "muzero" else 1, QTRANSFORM=names[function],
+                   RESCALE=bool(values.get("rescale_values", True)), MIXED=bool(values.get("use_mixed_value", True)))
+    scalars = dict(pb_c_init=float(config.pb_c_init), pb_c_base=float(config.pb_c_base),
+                   min_value=float(values.get("min_value", 0.0)),
+                   value_range=float(values.get("max_value", 1.0) - values.get("min_value", 0.0)),
+                   epsilon=float(values.get("epsilon", 1e-8)), value_scale=float(values.get("value_scale", 0.1)),
+                   maxvisit_init=float(values.get("maxvisit_init", 50.0)))
+    return variant, scalars
+
+
+def _check_discrete_layout(tree: Tree) -> None:
+    for name in ("node_visits", "node_value", "node_raw_value", "node_reward", "node_discount", "node_parent",
+                 "edge_child", "edge_prior", "edge_policy", "gumbel"):
+        if not getattr(tree, name).is_contiguous():
+            raise ValueError(f"Tree.{name} must be contiguous for the Triton kernels")
+
+
+def select_discrete(tree: Tree, config, simulation: int) -> Selection:
+    """Triton twin of ``discrete.select_discrete``."""
+    from .discrete import _table_tensor
+
+    _check_discrete_layout(tree)
+    variant, scalars = discrete_kernel_params(config)
+    batch, device = tree.batch_size, tree.edge_child.device
+    out = torch.empty(6, batch, dtype=torch.int64, device=device)
+    tiles, warps = discrete_launch_params(tree.num_actions)["_discrete_select_kernel"]
+    table = _table_tensor(config.max_num_considered_actions, config.num_simulations, device)
+    invalid = tree.root_invalid
+    _discrete_select_kernel[(triton.cdiv(batch, tiles["BLOCK_B"]),)](
+        tree.node_visits, tree.node_value, tree.node_raw_value, tree.node_reward, tree.node_discount, tree.edge_child,
+        tree.edge_prior, tree.edge_policy, tree.gumbel if invalid is None else invalid, tree.gumbel, table,
+        out[0], out[1], out[2], out[3], out[4], out[5],
+        batch, tree.num_nodes, tree.num_actions, simulation, config.num_simulations, config.max_depth,
+        config.max_num_considered_actions,
+        *scalars.values(),
+        **variant, HAS_INVALID=invalid is not None,
+        **tiles, num_warps=warps, enable_fp_fusion=False)
+    return Selection(parent=out[0], slot=out[1], root_slot=out[2], depth=out[3], edge=out[4], node=out[5])
+
+
+def backup_discrete(tree: Tree, config, simulation: int, selection: Selection) -> None:
+    """Triton twin of ``discrete.backup_discrete``."""
+    _check_discrete_layout(tree)
+    batch = tree.batch_size
+    tiles, warps = discrete_launch_params(tree.num_actions)["_discrete_backup_kernel"]
+    _discrete_backup_kernel[(triton.cdiv(batch, tiles["BLOCK_B"]),)](
+        tree.node_visits, tree.node_value,
+        tree.node_reward, tree.node_discount, tree.node_parent,
+        selection.node.contiguous(),
+        batch, tree.num_nodes,
+        **tiles, num_warps=warps, enable_fp_fusion=False)
+
+
+KERNELS = ("_select_kernel", "_backup_kernel", "_halve_kernel", "_discrete_select_kernel", "_discrete_backup_kernel")
 """Names of the Triton kernels in this module (AOT-compiled for sm_90 in CI)."""

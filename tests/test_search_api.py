@@ -72,7 +72,7 @@ def test_config_validation(field, value, message):
                       torch.zeros(e.shape[0], k)), r"child_actions must have shape \[4, 2, 3\]"),
     (lambda e, a, k: (e, torch.zeros(e.shape[0], 1), torch.zeros(e.shape[0]), torch.zeros(e.shape[0], k, ACTION),
                       torch.zeros(e.shape[0], k)), r"reward must have shape \[4\]"),
-    (lambda e, a, k: (e, torch.zeros(e.shape[0])), r"must return a RecurrentFnOutput \(next_embedding, reward"),
+    (lambda e, a, k: (e, torch.zeros(e.shape[0])), r"must return a SampledRecurrentFnOutput \(next_embedding, reward"),
 ])
 def test_bad_model_outputs_are_named(outputs, message):
     with pytest.raises(ValueError, match=message):
