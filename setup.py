@@ -39,7 +39,9 @@ setup(
     ],
     extras_require={
         # setuptools and wheel: the packaging test builds a wheel offline (--no-build-isolation)
-        "test": ["pytest>=8", "pytest-benchmark>=4", "setuptools>=64", "wheel"],
-        "bench": ["pytest-benchmark>=4", "jax>=0.4.30", "mctx>=0.0.5"],
+        # jax (its CPU build, PyPI's default) and mctx: the discrete policies are tested against mctx itself,
+        # and its golden trees; mctx pinned because the tests check those files' content.
+        "test": ["pytest>=8", "pytest-benchmark>=4", "setuptools>=64", "wheel", "jax>=0.4.30", "mctx==0.0.71"],
+        "bench": ["pytest-benchmark>=4", "jax>=0.4.30", "mctx==0.0.71"],
     },
 )

@@ -37,7 +37,27 @@ _SIGNATURES = {
         edge_prior_in=_F32, edge_policy_in=_F32, gumbel_in=_F32, minmax_lo_in=_F32, minmax_hi_in=_F32, survivors_io=_I64,
         batch="i32", num_nodes="i32", num_edges="i32", num_root="i32", num_survivors="i32", keep="i32",
         discount="fp32", c_visit="fp32", c_scale="fp32", value_delta="fp32"),
+    "_discrete_select_kernel": dict(
+        node_visits_in=_I32, node_value_in=_F32, node_raw_value_in=_F32, node_reward_in=_F32, node_discount_in=_F32,
+        edge_child_in=_I64, edge_prior_in=_F32, edge_policy_in=_F32, root_invalid_in="*i1", gumbel_in=_F32,
+        considered_table_in=_I32,
+        parent_out=_I64, slot_out=_I64, root_slot_out=_I64, depth_out=_I64, edge_out=_I64, node_out=_I64,
+        batch="i32", num_nodes="i32", num_actions="i32", simulation="i32", num_simulations="i32", max_depth="i32",
+        max_considered="i32",
+        pb_c_init="fp32", pb_c_base="fp32", min_value="fp32", value_range="fp32", epsilon="fp32", value_scale="fp32",
+        maxvisit_init="fp32"),
+    "_discrete_backup_kernel": dict(
+        node_visits_io=_I32, node_value_io=_F32, node_reward_in=_F32, node_discount_in=_F32, node_parent_in=_I64,
+        leaf_in=_I64, batch="i32", num_nodes="i32"),
 }
+
+# The discrete selection's variants (policy rule x qtransform x its switches) that the AOT check compiles:
+# every qtransform under both rules, and completed_by_mix_value's switches off one at a time.
+DISCRETE_VARIANTS = tuple(
+    dict(RULE=rule, QTRANSFORM=q, RESCALE=rescale, MIXED=mixed, HAS_INVALID=True)
+    for rule in (0, 1) for q, rescale, mixed in ((0, True, True), (1, True, True), (2, True, True), (2, False, True),
+                                                  (2, True, False))
+)
 
 
 @dataclasses.dataclass
@@ -91,7 +111,8 @@ def compile_kernels(arch: int = 90, num_root_actions: int = 16, num_child_action
 
     Args:
       arch: CUDA compute capability as an integer (90 = H100).
-      num_root_actions: K, which sets the root tile width (next power of two).
+      num_root_actions: K, which sets the root tile width (next power of two); also A, the actions of the
+        discrete kernels (compiled in every ``DISCRETE_VARIANTS`` variant).
       num_child_actions: k, which sets the interior tile width.
     """
     import triton
@@ -100,7 +121,11 @@ def compile_kernels(arch: int = 90, num_root_actions: int = 16, num_child_action
 
     target = GPUTarget("cuda", arch, 32)
     reports = []
-    for name, (constexprs, num_warps) in triton_ops.launch_params(num_root_actions, num_child_actions).items():
+    launches = list(triton_ops.launch_params(num_root_actions, num_child_actions).items())
+    (select_name, (select_tiles, select_warps)), backup = triton_ops.discrete_launch_params(num_root_actions).items()
+    launches += [(select_name, (dict(select_tiles, **variant), select_warps)) for variant in DISCRETE_VARIANTS]
+    launches.append(backup)
+    for name, (constexprs, num_warps) in launches:
         kernel = getattr(triton_ops, name)
         signature = dict(_SIGNATURES[name])
         missing = [arg for arg in kernel.arg_names if arg not in signature and arg not in constexprs]
@@ -109,7 +134,8 @@ def compile_kernels(arch: int = 90, num_root_actions: int = 16, num_child_action
         signature.update({arg: "constexpr" for arg in constexprs})
         source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
         compiled = triton.compile(source, target=target,
-                                  options=dict(num_warps=num_warps, enable_fp_fusion=False))
+                                  options=dict(num_warps=num_warps, enable_fp_fusion=False,
+                                               **triton_ops.COMPILE_OPTIONS.get(name, {})))
         usage = _ptxas_report(compiled.asm["ptx"])
         reports.append(KernelReport(name=name, constexprs=constexprs, num_warps=num_warps,
                                     shared_bytes=int(compiled.metadata.shared), ptx=compiled.asm["ptx"], **usage))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import discrete, reference
 from .config import SearchConfig
 from .tree import Selection, Tree
 
-__all__ = ["select", "backup", "sequential_halving"]
+__all__ = ["select", "backup", "sequential_halving", "select_discrete", "backup_discrete"]
 
 _select_walk = torch.compile(reference.select_walk, dynamic=False)
 _backup_path = torch.compile(reference.backup_path, dynamic=False)
@@ -32,3 +32,14 @@ def backup(tree: Tree, config: SearchConfig, simulation: int, leaf_value: torch.
     """Compiled ``reference.backup``."""
     leaf = torch.full((tree.batch_size, 1), simulation + 1, dtype=torch.int64, device=leaf_value.device)
     _backup_path(tree, config, leaf, config.schedule(tree.num_root_actions).max_descents[simulation] + 2, leaf_value)
+
+
+# The discrete (mctx) search: one selection step compiled (two variants: the root and below it); the walk
+# over steps stays in Python, so it stops when every tree is done. Backup is a few [B] ops per step.
+_descend = torch.compile(discrete.descend, dynamic=False)
+backup_discrete = discrete.backup_discrete
+
+
+def select_discrete(tree: Tree, config, simulation: int) -> Selection:
+    """Compiled ``discrete.select_discrete``."""
+    return discrete.select_discrete(tree, config, simulation, level=_descend)

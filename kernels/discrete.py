@@ -77,7 +77,7 @@ def masked_argmax(scores: torch.Tensor, invalid: Optional[torch.Tensor]) -> torc
 
 def init_discrete_tree(prior_logits: torch.Tensor, value: torch.Tensor, embedding: torch.Tensor,
                        num_simulations: int, invalid_actions: Optional[torch.Tensor],
-                       gumbel: Optional[torch.Tensor]) -> Tree:
+                       gumbel: Optional[torch.Tensor], max_num_considered_actions: int = 16) -> Tree:
     """B trees of N+1 nodes with the root expanded (mctx ``instantiate_tree_from_root``).
 
     Args:
@@ -87,6 +87,7 @@ def init_discrete_tree(prior_logits: torch.Tensor, value: torch.Tensor, embeddin
       num_simulations: N.
       invalid_actions: optional [B, A] bool, invalid root actions.
       gumbel: optional [B, A] float, scaled root Gumbel noise (gumbel_muzero).
+      max_num_considered_actions: gumbel_muzero's m, the rows of the considered-visits table.
     """
     batch, num_actions = prior_logits.shape
     num_nodes = num_simulations + 1
@@ -115,6 +116,8 @@ def init_discrete_tree(prior_logits: torch.Tensor, value: torch.Tensor, embeddin
         node_value=nodes(0.0, torch.float32),
         node_raw_value=nodes(0.0, torch.float32),
         root_invalid=None if invalid_actions is None else invalid_actions.bool().contiguous(),
+        considered_visits=torch.tensor(considered_visits_table(max_num_considered_actions, num_simulations),
+                                       dtype=torch.int32, device=device),
         embeddings=embedding.new_zeros((batch, num_nodes) + tuple(embedding.shape[1:])),
     )
     root = torch.zeros(batch, dtype=_LINK, device=device)
@@ -146,13 +149,12 @@ def _all_done(going: torch.Tensor) -> bool:
     return going.device.type == "cpu" and not bool(going.any())
 
 
-def choose_action(tree: Tree, config: DiscreteSearchConfig, node: torch.Tensor, at_root: bool,
-                  simulation: int) -> torch.Tensor:
+def choose_action(tree: Tree, config: DiscreteSearchConfig, node: torch.Tensor, at_root: bool) -> torch.Tensor:
     """[B] int64: the action the policy's selection rule takes at ``node`` ([B] int64).
 
     muzero: argmax of qtransform + sqrt(N) · c(N) · prior / (1 + N(a)) (root: valid actions only).
     gumbel_muzero: at the root, argmax of g + logits + q over the actions with the considered visit count
-    of simulation s (valid actions only); below it, argmax of softmax(logits + q) - N(a) / (1 + sum N).
+    of this simulation (valid actions only); below it, argmax of softmax(logits + q) - N(a) / (1 + sum N).
     Ties go to the lowest action (mctx's muzero adds 1e-7 · U(0, 1) noise to break them at random).
     """
     edges = node[:, None] * tree.num_actions + torch.arange(tree.num_actions, device=node.device)
@@ -167,60 +169,53 @@ def choose_action(tree: Tree, config: DiscreteSearchConfig, node: torch.Tensor, 
         policy_score = torch.sqrt(node_visits) * pb_c * tree.edge_policy.gather(1, edges) / (visits + 1)
         return masked_argmax(qvalues + policy_score, invalid)
     if at_root:
-        table = _table_tensor(config.max_num_considered_actions, config.num_simulations, node.device)
+        table = tree.considered_visits
         valid = tree.num_actions if invalid is None else (~invalid).sum(-1)
         num_considered = torch.clamp(torch.as_tensor(valid, device=node.device), max=config.max_num_considered_actions)
-        considered_visit = table[num_considered, simulation].reshape(-1, 1).expand(tree.batch_size, 1)
+        simulation_index = visits.sum(-1)  # at the root, the simulations done so far (mctx reads it so too)
+        considered_visit = table[num_considered, simulation_index].reshape(-1, 1).expand(tree.batch_size, 1)
         scores = score_considered(considered_visit, tree.gumbel, prior_logits, qvalues, visits)
         return masked_argmax(scores, invalid)
     probs = torch.softmax(prior_logits + qvalues, dim=-1)
     return (probs - visits / (1 + visits.sum(-1, keepdim=True))).argmax(-1)
 
 
-@functools.lru_cache(maxsize=64)
-def _table_cpu(max_num_considered_actions: int, num_simulations: int) -> torch.Tensor:
-    return torch.tensor(considered_visits_table(max_num_considered_actions, num_simulations), dtype=torch.int32)
-
-
-def _table_tensor(max_num_considered_actions: int, num_simulations: int, device: torch.device) -> torch.Tensor:
-    """[m+1, N] int32 considered-visits table on ``device`` (cached per device: one upload per shape)."""
-    return _table_on(max_num_considered_actions, num_simulations, str(device))
-
-
-@functools.lru_cache(maxsize=64)
-def _table_on(max_num_considered_actions: int, num_simulations: int, device: str) -> torch.Tensor:
-    return _table_cpu(max_num_considered_actions, num_simulations).to(device)
-
-
-def select_discrete(tree: Tree, config: DiscreteSearchConfig, simulation: int) -> Selection:
+def select_discrete(tree: Tree, config: DiscreteSearchConfig, simulation: int, level=None) -> Selection:
     """Selection of simulation s (mctx ``simulate``): from the root, take the rule's action and descend
     while the child exists and the depth is below max_depth.
 
     Returns the Selection ([B] int64): ``parent`` and ``slot`` = the last (node, action) taken,
     ``root_slot`` the root's action, ``depth`` the edges walked, ``edge`` the flat edge of (parent, slot)
     and ``node`` the node that simulation s writes: the existing child at the depth cutoff, else s+1.
+    ``level``: the function that takes one step (``descend``; the inductor backend passes it compiled).
     """
+    level = level or descend
     batch = tree.batch_size
     node = torch.zeros(batch, dtype=_LINK, device=tree.edge_child.device)
-    parent, action, root_slot = node, node, node
-    depth = node
     going = torch.ones(batch, dtype=torch.bool, device=node.device)
-    for step in range(_walk_bound(config, simulation)):
-        chosen = choose_action(tree, config, node, step == 0, simulation)
-        if step == 0:
-            root_slot = chosen
-        parent = torch.where(going, node, parent)
-        action = torch.where(going, chosen, action)
-        depth = torch.where(going, step + 1, depth)
-        child = tree.edge_child.gather(1, (node * tree.num_actions + chosen)[:, None])[:, 0]
-        going = going & (child >= 0) & (step + 1 < config.max_depth)
-        node = torch.where(going, child, node)
+    node, going, parent, action, depth = level(tree, config, node, going, node, node, node, True)
+    root_slot = action
+    for _ in range(_walk_bound(config, simulation) - 1):
         if _all_done(going):
             break
+        node, going, parent, action, depth = level(tree, config, node, going, parent, action, depth, False)
     edge = parent * tree.num_actions + action
     existing = tree.edge_child.gather(1, edge[:, None])[:, 0]
     return Selection(parent=parent, slot=action, root_slot=root_slot, depth=depth, edge=edge,
                      node=torch.where(existing >= 0, existing, simulation + 1))
+
+
+def descend(tree: Tree, config: DiscreteSearchConfig, node, going, parent, action, depth, at_root: bool):
+    """One step of selection for the trees still ``going`` ([B] bool), all [B]: take the rule's action at
+    ``node``, record (parent, action, depth), and move to the child while it exists below max_depth.
+    Returns (node, going, parent, action, depth)."""
+    chosen = choose_action(tree, config, node, at_root)
+    parent = torch.where(going, node, parent)
+    action = torch.where(going, chosen, action)
+    depth = depth + going.to(depth.dtype)
+    child = tree.edge_child.gather(1, (node * tree.num_actions + chosen)[:, None])[:, 0]
+    going = going & (child >= 0) & (depth < config.max_depth)
+    return torch.where(going, child, node), going, parent, action, depth
 
 
 def expand_discrete(tree: Tree, selection: Selection, reward: torch.Tensor, discount: torch.Tensor,

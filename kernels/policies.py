@@ -83,7 +83,9 @@ def muzero_policy(root: RootFnOutput, recurrent_fn: RecurrentFn, num_simulations
       noise: optional [B, A] float, the Dirichlet draw (rows on the simplex).
       action_gumbel: optional [B, A] float, the standard Gumbel draw that samples the action (the action is
         argmax(logits / temperature + action_gumbel), mctx's ``jax.random.categorical``).
-      backend: None (Triton kernels for CUDA tensors, torch otherwise), "torch" or "triton".
+      backend: None (Triton kernels for CUDA tensors, torch otherwise), "torch", "triton" or "inductor" (the
+        torch reference with each selection step compiled by torch.compile: the fast CPU path once compiled;
+        the first search of a shape compiles, tens of seconds).
 
     Returns:
       ``PolicyOutput(action [B] int64, action_weights [B, A] float32 = visit_probs, search_tree)``.
@@ -173,7 +175,7 @@ def _search(prior_logits, root, recurrent_fn, config: DiscreteSearchConfig, inva
     """mctx ``search``: N simulations of select, expand (one recurrent_fn call for all trees), backup."""
     ops = _discrete_ops(backend, config)
     tree = discrete.init_discrete_tree(prior_logits, root.value, root.embedding, config.num_simulations,
-                                       invalid_actions, gumbel)
+                                       invalid_actions, gumbel, config.max_num_considered_actions)
     batch, num_nodes = tree.batch_size, tree.num_nodes
     rows = torch.arange(batch, device=prior_logits.device) * num_nodes
     for simulation in range(config.num_simulations):
@@ -196,8 +198,10 @@ def _discrete_ops(backend: str, config: DiscreteSearchConfig):
 
         triton_ops.discrete_kernel_params(config)  # a custom qtransform has no kernel: say so before any work
         return triton_ops
-    if backend != "torch":
-        raise ValueError(f"the discrete policies run on backend 'torch' or 'triton' (or None), got {backend!r}")
+    if backend == "inductor":
+        from . import compiled
+
+        return compiled
     return discrete
 
 

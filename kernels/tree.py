@@ -56,6 +56,7 @@ class Tree:
     node_value: Optional[torch.Tensor] = None  # [B, M] float32: running mean value (mctx node_values)
     node_raw_value: Optional[torch.Tensor] = None  # [B, M] float32: the model's value at the last expansion
     root_invalid: Optional[torch.Tensor] = None  # [B, A] bool: invalid root actions (mctx root_invalid_actions)
+    considered_visits: Optional[torch.Tensor] = None  # [m+1, N] int32: gumbel_muzero's considered-visits table
     # Both:
     embeddings: Optional[torch.Tensor] = None  # [B, M, ...]: latent of every node (root at 0)
 

@@ -30,6 +30,7 @@ __all__ = ["select", "backup", "sequential_halving", "select_discrete", "backup_
 SELECT_BLOCK_B = 32  # trees per program in select/backup: one tree per lane of a warp
 SELECT_WARPS = 1  # backup; select scales this with the root tile (see launch_params)
 HALVE_ELEMENTS = 2048  # trees x K x K ranking tile of one halving program
+DISCRETE_ELEMENTS = 512  # trees x A tile of one discrete selection program (no spills on sm_90, tests/test_kernels_aot)
 
 
 def _interpreting() -> bool:
@@ -309,12 +310,14 @@ if triton is not None:
                     min_value, value_range, epsilon, value_scale, maxvisit_init):
         """kernels.qtransforms in-kernel: 0 by_min_max, 1 by_parent_and_siblings, 2 completed_by_mix_value."""
         visited = valid & (visits > 0)
+        occupied = tl.max(valid.to(tl.int32), 1) > 0  # lanes past the batch have no valid column: keep them finite
         if QTRANSFORM == 0:
             out = (tl.where(visited, q, min_value) - min_value) / value_range
         elif QTRANSFORM == 1:
             safe = tl.where(visited, q, node_value[:, None])
             low = tl.minimum(node_value, tl.min(tl.where(valid, safe, float("inf")), 1))
             high = tl.maximum(node_value, tl.max(tl.where(valid, safe, float("-inf")), 1))
+            low, high = tl.where(occupied, low, 0.0), tl.where(occupied, high, 0.0)
             completed = tl.where(visited, q, low[:, None])
             out = (completed - low[:, None]) / tl.maximum(high - low, epsilon)[:, None]
         else:
@@ -329,8 +332,8 @@ if triton is not None:
                 value = raw_value
             completed = tl.where(visited, q, value[:, None])
             if RESCALE:
-                low = tl.min(tl.where(valid, completed, float("inf")), 1)
-                high = tl.max(tl.where(valid, completed, float("-inf")), 1)
+                low = tl.where(occupied, tl.min(tl.where(valid, completed, float("inf")), 1), 0.0)
+                high = tl.where(occupied, tl.max(tl.where(valid, completed, float("-inf")), 1), 0.0)
                 completed = (completed - low[:, None]) / tl.maximum(high - low, epsilon)[:, None]
             max_visits = tl.max(tl.where(valid, visits_f, 0.0), 1)
             out = ((maxvisit_init + max_visits) * value_scale)[:, None] * completed
@@ -390,7 +393,7 @@ if triton is not None:
             considered = tl.load(considered_table_in + tl.minimum(num_valid, max_considered) * num_simulations +
                                  simulation, mask=live, other=0)
             gumbel = tl.load(gumbel_in + tree[:, None] * num_actions + a[None, :], mask=valid, other=0.0)
-            logits = prior - tl.max(tl.where(valid, prior, float("-inf")), 1)[:, None]
+            logits = prior - tl.where(live, tl.max(tl.where(valid, prior, float("-inf")), 1), 0.0)[:, None]
             penalty = tl.where(visits == considered[:, None], 0.0, float("-inf"))
             score = tl.maximum(gumbel + logits + qscore, -1e9) + penalty
         score = tl.where(invalid, float("-inf"), score)
@@ -535,12 +538,18 @@ def discrete_launch_params(num_actions: int) -> dict:
     QTRANSFORM, …) come from ``discrete_kernel_params``. One tree per lane; lanes shrink as A grows so a
     program holds about 2048 (tree, action) elements."""
     block_a = _pow2(num_actions)
-    block_b = max(1, min(SELECT_BLOCK_B, 2048 // block_a))
+    block_b = max(1, min(SELECT_BLOCK_B, DISCRETE_ELEMENTS // block_a))
     return {
-        "_discrete_select_kernel": (dict(BLOCK_B=block_b, BLOCK_A=block_a), max(1, min(4, block_b * block_a // 512))),
+        # About 4 (tree, action) elements per thread: the qtransform keeps ~10 [BB, BA] tiles live.
+        "_discrete_select_kernel": (dict(BLOCK_B=block_b, BLOCK_A=block_a), max(1, min(8, block_b * block_a // 128))),
         "_discrete_backup_kernel": (dict(BLOCK_B=SELECT_BLOCK_B), SELECT_WARPS),
     }
 
+
+# Extra compile options per kernel, used by the launchers and the AOT check alike. Without a register cap,
+# ptxas limits the discrete selection to 80-128 registers (an occupancy target) and spills 4-16 bytes in
+# some variants; with maxnreg=255 it takes ~100 registers and spills nothing (sm_90, tests/test_kernels_aot).
+COMPILE_OPTIONS = {"_discrete_select_kernel": dict(maxnreg=255)}
 
 _QTRANSFORMS = ("qtransform_by_min_max", "qtransform_by_parent_and_siblings", "qtransform_completed_by_mix_value")
 
@@ -591,24 +600,22 @@ def _check_discrete_layout(tree: Tree) -> None:
 
 def select_discrete(tree: Tree, config, simulation: int) -> Selection:
     """Triton twin of ``discrete.select_discrete``."""
-    from .discrete import _table_tensor
-
     _check_discrete_layout(tree)
     variant, scalars = discrete_kernel_params(config)
     batch, device = tree.batch_size, tree.edge_child.device
     out = torch.empty(6, batch, dtype=torch.int64, device=device)
     tiles, warps = discrete_launch_params(tree.num_actions)["_discrete_select_kernel"]
-    table = _table_tensor(config.max_num_considered_actions, config.num_simulations, device)
     invalid = tree.root_invalid
     _discrete_select_kernel[(triton.cdiv(batch, tiles["BLOCK_B"]),)](
         tree.node_visits, tree.node_value, tree.node_raw_value, tree.node_reward, tree.node_discount, tree.edge_child,
-        tree.edge_prior, tree.edge_policy, tree.gumbel if invalid is None else invalid, tree.gumbel, table,
+        tree.edge_prior, tree.edge_policy, tree.gumbel if invalid is None else invalid, tree.gumbel,
+        tree.considered_visits,
         out[0], out[1], out[2], out[3], out[4], out[5],
         batch, tree.num_nodes, tree.num_actions, simulation, config.num_simulations, config.max_depth,
         config.max_num_considered_actions,
         *scalars.values(),
         **variant, HAS_INVALID=invalid is not None,
-        **tiles, num_warps=warps, enable_fp_fusion=False)
+        **tiles, num_warps=warps, enable_fp_fusion=False, **COMPILE_OPTIONS["_discrete_select_kernel"])
     return Selection(parent=out[0], slot=out[1], root_slot=out[2], depth=out[3], edge=out[4], node=out[5])
 
 

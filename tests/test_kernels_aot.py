@@ -3,7 +3,8 @@
 The interpreter accepts code the compiler rejects (``break`` in loops, unsupported ops); this test is
 what keeps such code out. It runs ``python -m ezm_gpu.kernels.aot`` in a subprocess because this
 test session runs the kernels under TRITON_INTERPRET=1. Spilling would put the per-lane tree walk in
-local memory, so the tile sizes the launchers choose must compile without spills.
+local memory, so the tile sizes the launchers choose must compile without spills. The discrete (mctx)
+selection is compiled in every variant of ``aot.DISCRETE_VARIANTS`` with A = the root actions.
 """
 import json
 import os
@@ -12,7 +13,7 @@ import sys
 
 import pytest
 
-from ezm_gpu.kernels import triton_ops
+from ezm_gpu.kernels import aot, triton_ops
 
 
 @pytest.mark.parametrize("num_root, num_child", [(16, 2), (5, 3), (64, 4)])
@@ -23,7 +24,11 @@ def test_kernels_compile_for_sm90(num_root, num_child, record_property):
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads(line) for line in result.stdout.splitlines()]
-    assert sorted(r["name"] for r in reports) == sorted(triton_ops.KERNELS)
+    assert sorted({r["name"] for r in reports}) == sorted(triton_ops.KERNELS)
+    # The discrete selection in every variant (rule x qtransform x switches) for A = num_root actions.
+    variants = [r["constexprs"] for r in reports if r["name"] == "_discrete_select_kernel"]
+    assert len(variants) == len(aot.DISCRETE_VARIANTS)
+    assert all(v["BLOCK_A"] >= num_root for v in variants)
     for r in reports:
         print(f"sm_90 K={num_root} k={num_child} {r['name']} {r['constexprs']} warps={r['num_warps']}: "
               f"{r['registers']} registers, {r['spill_stores']} B spill stores, {r['spill_loads']} B spill loads")
