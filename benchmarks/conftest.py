@@ -53,3 +53,11 @@ def cuda_or_skip() -> str:
 def _threads():
     torch.set_num_threads(torch.get_num_threads())  # the machine's cores (2 here); recorded per run
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_compile_cache():
+    """Each benchmark compiles its own shapes: torch.compile keeps at most 8 variants of a function and
+    silently runs the rest eagerly, which would time later "inductor" cases as eager ones."""
+    torch._dynamo.reset()
+    yield

@@ -6,7 +6,11 @@ Workload: B trees, A actions (32 or 64), N = 32 simulations, one model on both s
 CUDA); mctx runs under jax.jit with compilation excluded by a warm-up round. ``extra_info["tree_sims_per_s"]``
 = B · N / time.
 
-    python -m pytest benchmarks/test_policy_bench.py --benchmark-columns=mean,min,rounds --benchmark-group-by=group
+Run mctx and ours in separate processes: in one process, torch's OpenMP workers keep spinning after
+torch's ops and slow XLA's threads down (mctx measured 2-3x slower that way on this VM):
+
+    cd benchmarks && python -m pytest test_policy_bench.py -k mctx --benchmark-columns=mean,min,rounds
+    cd benchmarks && python -m pytest test_policy_bench.py -k "not mctx" --benchmark-columns=mean,min,rounds
 """
 import pytest
 import torch
@@ -36,7 +40,7 @@ def _record(benchmark, batch, num_actions, policy, backend, device):
                                 tree_sims_per_s=batch * NUM_SIMULATIONS / benchmark.stats.stats.mean)
 
 
-def _ours(benchmark, policy, batch, num_actions, device):
+def _ours(benchmark, policy, batch, num_actions, device, backend=None):
     w, wr, wp, _ = (t.to(device) for t in _weights(num_actions))
     eye = torch.eye(num_actions, device=device)
 
@@ -52,22 +56,23 @@ def _ours(benchmark, policy, batch, num_actions, device):
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run():
-        out = getattr(kernels, policy)(root, recurrent_fn, NUM_SIMULATIONS, generator=g)
+        out = getattr(kernels, policy)(root, recurrent_fn, NUM_SIMULATIONS, generator=g, backend=backend)
         sync()
         return out
 
-    run()  # warm-up: kernel compilation, allocator
+    run()  # warm-up: kernel compilation (Triton, torch.compile), allocator
     benchmark.group = f"{policy} A={num_actions} B={batch}"
     out = benchmark.pedantic(run, rounds=_rounds(batch), iterations=1, warmup_rounds=0)
     assert int(out.search_tree.node_visits[:, 0].min()) == NUM_SIMULATIONS + 1
-    _record(benchmark, batch, num_actions, policy, "torch" if device == "cpu" else "triton", device)
+    _record(benchmark, batch, num_actions, policy, backend or ("torch" if device == "cpu" else "triton"), device)
 
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("num_actions", ACTIONS)
 @pytest.mark.parametrize("policy", POLICIES)
-def test_policy_cpu(benchmark, policy, num_actions, batch):
-    _ours(benchmark, policy, batch, num_actions, "cpu")
+@pytest.mark.parametrize("backend", ["torch", "inductor"])
+def test_policy_cpu(benchmark, policy, num_actions, batch, backend):
+    _ours(benchmark, policy, batch, num_actions, "cpu", backend)
 
 
 @pytest.mark.parametrize("batch", BATCHES)

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .qtransforms import apply_qtransform
 from .tree import Selection, Tree
 
 __all__ = ["DiscreteSearchConfig", "init_discrete_tree", "select_discrete", "expand_discrete", "backup_discrete",
@@ -158,10 +159,10 @@ def choose_action(tree: Tree, config: DiscreteSearchConfig, node: torch.Tensor, 
     Ties go to the lowest action (mctx's muzero adds 1e-7 · U(0, 1) noise to break them at random).
     """
     edges = node[:, None] * tree.num_actions + torch.arange(tree.num_actions, device=node.device)
-    child = tree.edge_child.gather(1, edges)
-    visits = tree._child_stat(tree.node_visits, child)
+    statistics = tree.children_statistics(node)
+    visits = statistics[2]
     prior_logits = tree.edge_prior.gather(1, edges)
-    qvalues = config.qtransform(tree, node)
+    qvalues = apply_qtransform(config.qtransform, tree, node, statistics)
     invalid = tree.root_invalid if at_root else None
     if config.rule == "muzero":
         node_visits = tree.node_visits.gather(1, node[:, None]).float()

@@ -7,20 +7,39 @@ parameters with ``functools.partial``, as in mctx. The Triton kernels recognise 
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable, Optional
+
 import torch
 
 from .tree import Tree
 
 __all__ = ["qtransform_by_min_max", "qtransform_by_parent_and_siblings", "qtransform_completed_by_mix_value",
-           "children_statistics"]
+           "known_qtransform", "apply_qtransform"]
 
 _TINY = torch.finfo(torch.float32).tiny
 
 
-def children_statistics(tree: Tree, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q-values [B, A] float32, visit counts [B, A] int32) of the children of ``node`` [B] int64."""
-    child = tree.children_of(node)
-    return tree.qvalues(node), tree._child_stat(tree.node_visits, child)
+def known_qtransform(qtransform) -> Optional[tuple[Callable, dict]]:
+    """(function, keyword arguments) when ``qtransform`` is one of this module's three, bare or a
+    ``functools.partial`` of one with keyword arguments only; None otherwise (a custom qtransform)."""
+    function, keywords = qtransform, {}
+    if isinstance(function, functools.partial):
+        if function.args:
+            return None
+        function, keywords = function.func, dict(function.keywords)
+    return (function, keywords) if function in _IMPLEMENTATIONS else None
+
+
+def apply_qtransform(qtransform, tree: Tree, node: torch.Tensor,
+                     statistics: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``qtransform(tree, node)`` given the node's ``Tree.children_statistics`` already gathered (the
+    selection has them): this module's qtransforms reuse them, a custom one is called as it is."""
+    known = known_qtransform(qtransform)
+    if known is None:
+        return qtransform(tree, node)
+    function, keywords = known
+    return _IMPLEMENTATIONS[function](tree, node, statistics, **keywords)
 
 
 def _node_stat(stat: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
@@ -32,7 +51,11 @@ def qtransform_by_min_max(tree: Tree, node: torch.Tensor, *, min_value: float, m
 
     Returns [B, A] float32 for node [B] int64.
     """
-    qvalues, visits = children_statistics(tree, node)
+    return _by_min_max(tree, node, tree.children_statistics(node), min_value=min_value, max_value=max_value)
+
+
+def _by_min_max(tree, node, statistics, *, min_value, max_value):
+    _, qvalues, visits = statistics
     value_score = torch.where(visits > 0, qvalues, min_value)
     return (value_score - min_value) / (max_value - min_value)
 
@@ -40,7 +63,11 @@ def qtransform_by_min_max(tree: Tree, node: torch.Tensor, *, min_value: float, m
 def qtransform_by_parent_and_siblings(tree: Tree, node: torch.Tensor, *, epsilon: float = 1e-8) -> torch.Tensor:
     """Q-values normalised by the min and max over the node's value and its visited children's Q-values;
     unvisited actions get the minimum (so 0). Returns [B, A] float32 for node [B] int64."""
-    qvalues, visits = children_statistics(tree, node)
+    return _by_parent_and_siblings(tree, node, tree.children_statistics(node), epsilon=epsilon)
+
+
+def _by_parent_and_siblings(tree, node, statistics, *, epsilon=1e-8):
+    _, qvalues, visits = statistics
     node_value = _node_stat(tree.node_values, node)[:, None]
     visited = visits > 0
     safe_qvalues = torch.where(visited, qvalues, node_value)
@@ -56,7 +83,14 @@ def qtransform_completed_by_mix_value(tree: Tree, node: torch.Tensor, *, value_s
     """Gumbel MuZero's completed Q-values: unvisited actions get the mixed value (raw value and the
     prior-weighted Q of visited actions), optionally rescaled to [0, 1], times (maxvisit_init + max visits)
     · value_scale. Returns [B, A] float32 for node [B] int64."""
-    qvalues, visits = children_statistics(tree, node)
+    return _completed_by_mix_value(tree, node, tree.children_statistics(node), value_scale=value_scale,
+                                   maxvisit_init=maxvisit_init, rescale_values=rescale_values,
+                                   use_mixed_value=use_mixed_value, epsilon=epsilon)
+
+
+def _completed_by_mix_value(tree, node, statistics, *, value_scale=0.1, maxvisit_init=50.0, rescale_values=True,
+                            use_mixed_value=True, epsilon=1e-8):
+    _, qvalues, visits = statistics
     visited = visits > 0
     raw_value = _node_stat(tree.raw_values, node)
     if use_mixed_value:
@@ -86,3 +120,7 @@ def _mixed_value(raw_value, qvalues, visits, prior_probs) -> torch.Tensor:
     sum_probs = torch.where(visited, prior_probs, 0.0).sum(-1, keepdim=True)
     weighted_q = torch.where(visited, prior_probs * qvalues / torch.where(visited, sum_probs, 1.0), 0.0).sum(-1)
     return (raw_value + sum_visits * weighted_q) / (sum_visits + 1)
+
+
+_IMPLEMENTATIONS = {qtransform_by_min_max: _by_min_max, qtransform_by_parent_and_siblings: _by_parent_and_siblings,
+                    qtransform_completed_by_mix_value: _completed_by_mix_value}

@@ -150,22 +150,29 @@ class Tree:
         first = edge_index(node, torch.zeros_like(node), self.num_root_actions, self.num_child_actions)
         return self.edge_child.gather(1, first[:, None] + torch.arange(self.num_root_actions, device=node.device))
 
+    def children_statistics(self, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(child [B, A] int64 (-1 = not expanded), Q [B, A] float32 = r + discount · value (0 where not
+        expanded), visits [B, A] int32) of the children of ``node`` ([B] int64), in one pass of gathers."""
+        child = self.children_of(node)
+        exists = child >= 0
+        at = child.clamp(min=0)
+        q = self.node_reward.gather(1, at) + self.node_discount.gather(1, at) * self.node_values.gather(1, at)
+        return child, torch.where(exists, q, 0.0), self.node_visits.gather(1, at).masked_fill_(~exists, 0)
+
     def qvalues(self, node: torch.Tensor) -> torch.Tensor:
         """[B, A] float32: r + discount · value of each child of ``node`` ([B] int64); 0 where not expanded
         (mctx ``Tree.qvalues``)."""
-        child = self.children_of(node)
-        discount = self._child_stat(self.node_discount, child)
-        return self._child_stat(self.node_reward, child) + discount * self._child_stat(self.node_values, child)
+        return self.children_statistics(node)[1]
 
     def summary(self) -> "SearchSummary":
         """Root statistics as mctx's ``Tree.summary()``: visit counts and probabilities, value, Q-values."""
         root = torch.zeros(self.batch_size, dtype=torch.int64, device=self.node_visits.device)
         value = self.node_values[:, 0]
-        visit_counts = self._child_stat(self.node_visits, self.children_of(root)).to(value.dtype)
+        _, qvalues, visits = self.children_statistics(root)
+        visit_counts = visits.to(value.dtype)
         total = visit_counts.sum(-1, keepdim=True)
         visit_probs = torch.where(total > 0, visit_counts / total.clamp(min=1), 1.0 / self.num_actions)
-        return SearchSummary(visit_counts=visit_counts, visit_probs=visit_probs, value=value,
-                             qvalues=self.qvalues(root))
+        return SearchSummary(visit_counts=visit_counts, visit_probs=visit_probs, value=value, qvalues=qvalues)
 
 
 class SearchSummary(NamedTuple):
@@ -253,7 +260,7 @@ def init_tree(root_value: torch.Tensor, root_actions: torch.Tensor, root_prior_l
     edge_prior = torch.zeros(batch, num_edges, dtype=torch.float32, device=device)
     edge_prior[:, :num_root] = root_prior_logits.float()
     edge_policy = torch.zeros(batch, num_edges, dtype=torch.float32, device=device)
-    edge_policy[:, :num_root] = torch.softmax(edge_prior[:, :num_root], dim=1)
+    edge_policy[:, :num_root] = torch.softmax(root_prior_logits.float(), dim=1)  # contiguous: the fast kernel
     edge_action = root_actions.new_zeros(batch, num_edges, root_actions.shape[2])
     edge_action[:, :num_root] = root_actions
     gumbel = gumbel.float()
@@ -297,6 +304,8 @@ def expand(tree: Tree, simulation: int, selection: Selection, reward: torch.Tens
     tree.node_parent[:, node] = selection.parent
     tree.node_slot[:, node] = selection.slot
     tree.edge_prior[:, first:first + k] = child_prior_logits
-    tree.edge_policy[:, first:first + k] = torch.softmax(tree.edge_prior[:, first:first + k], dim=1)
+    # Softmax of the contiguous input (the same float32 values as the slice just written): torch's kernel
+    # for a strided [B, k] slice was ~5x slower.
+    tree.edge_policy[:, first:first + k] = torch.softmax(child_prior_logits.float(), dim=1)
     tree.edge_action[:, first:first + k] = child_actions
     tree.edge_child.scatter_(1, selection.edge[:, None], node)

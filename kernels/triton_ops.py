@@ -564,15 +564,13 @@ def discrete_kernel_params(config) -> tuple[dict, dict]:
 
     from . import qtransforms
 
-    function, keywords = config.qtransform, {}
-    if isinstance(function, functools.partial):
-        if function.args:
-            raise ValueError("backend='triton' needs the qtransform's parameters as keywords of functools.partial")
-        function, keywords = function.func, dict(function.keywords)
     names = {getattr(qtransforms, name): index for index, name in enumerate(_QTRANSFORMS)}
-    if function not in names:
+    known = qtransforms.known_qtransform(config.qtransform)
+    if known is None:
         raise ValueError(f"backend='triton' runs the qtransforms of ezm_gpu.kernels ({', '.join(_QTRANSFORMS)}), "
-                         f"bare or through functools.partial; got {config.qtransform!r}: use backend='torch'")
+                         f"bare or through functools.partial with keywords; got {config.qtransform!r}: use "
+                         "backend='torch'")
+    function, keywords = known
     parameters = inspect.signature(function).parameters
     unknown = sorted(set(keywords) - set(parameters))
     if unknown:

@@ -206,11 +206,12 @@ def _assert_same_tree(ours, golden, path="root"):
             assert ours[key] == value, f"{path}.{key}: {ours[key]} vs golden {value}"
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("name", sorted(GOLDEN))
-def test_mctx_golden_trees(name):
+def test_mctx_golden_trees(name, backend):
     """tree_test.py's reproduction of a stored tree (batch 3, other rows with actions 1: or 2: invalid, key
-    PRNGKey(1)), through our policy: every node's visits, action and evaluation index exact, values within
-    mctx's own 1e-3."""
+    PRNGKey(1)), through our policy (torch reference, and Triton kernels under the interpreter): every
+    node's visits, action and evaluation index exact, values within mctx's own 1e-3."""
     path = os.path.join(os.path.dirname(mctx.__file__), "_src", "tests", "test_data", name)
     data = open(path, "rb").read()
     assert hashlib.sha256(data).hexdigest() == GOLDEN[name], f"{path} is not mctx 0.0.71's golden tree"
@@ -233,5 +234,5 @@ def test_mctx_golden_trees(name):
     else:
         noise = dict(gumbel=torch.from_numpy(np.array(jax.random.gumbel(jax.random.split(key)[1], (3, num_actions)))))
     out = getattr(kernels, policy)(root(3), recurrent_fn, num_simulations, invalid_actions=torch.from_numpy(invalid),
-                                   qtransform=ours_qtransform(qname, qkwargs), backend="torch", **config, **noise)
+                                   qtransform=ours_qtransform(qname, qkwargs), backend=backend, **config, **noise)
     _assert_same_tree(_as_pytree(out.search_tree), golden["tree"])
