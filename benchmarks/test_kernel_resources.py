@@ -17,8 +17,8 @@ def test_sm90_kernel_resources(benchmark, num_root, num_child):
                                  rounds=1, iterations=1)
     benchmark.group = "AOT compile sm_90"
     for r in reports:
-        benchmark.extra_info[r.name] = dict(registers=r.registers, spill_stores=r.spill_stores,
+        benchmark.extra_info[r.label] = dict(registers=r.registers, spill_stores=r.spill_stores,
                                             spill_loads=r.spill_loads, shared_bytes=r.shared_bytes,
                                             num_warps=r.num_warps, **r.constexprs)
-        print(f"K={num_root} k={num_child} {r.name}: {r.registers} regs, {r.spill_stores}/{r.spill_loads} B "
+        print(f"K={num_root} k={num_child} {r.label}: {r.registers} regs, {r.spill_stores}/{r.spill_loads} B "
               f"spill st/ld, {r.shared_bytes} B shared, warps={r.num_warps}, {r.constexprs}")

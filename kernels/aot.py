@@ -74,6 +74,12 @@ class KernelReport:
     shared_bytes: int
     ptx: str  # the generated PTX (e.g. for inspection)
 
+    @property
+    def label(self) -> str:
+        """The kernel's name, with its variant constexprs (not the tiles) when it has some."""
+        variant = {k: v for k, v in self.constexprs.items() if not k.startswith("BLOCK_")}
+        return self.name + ("[" + ",".join(f"{k}={int(v)}" for k, v in variant.items()) + "]" if variant else "")
+
 
 def _ptxas_report(ptx_asm: str) -> dict:
     """Registers and spill/stack bytes that ``ptxas -v`` reports for this PTX.
@@ -159,7 +165,7 @@ def _main(argv=None) -> None:
         if args.json:
             print(json.dumps({k: v for k, v in dataclasses.asdict(r).items() if k != "ptx"}))
         else:
-            print(f"sm_{args.arch} {r.name:15s} {r.constexprs} warps={r.num_warps}: {r.registers} registers, "
+            print(f"sm_{args.arch} {r.label:15s} {r.constexprs} warps={r.num_warps}: {r.registers} registers, "
                   f"{r.spill_stores}/{r.spill_loads} B spill stores/loads, {r.stack_bytes} B stack, "
                   f"{r.shared_bytes} B shared")
 
