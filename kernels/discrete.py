@@ -17,13 +17,10 @@ from typing import Callable, Optional
 import torch
 
 from .qtransforms import apply_qtransform
-from .tree import Selection, Tree
+from .tree import _LINK, Selection, Tree
 
 __all__ = ["DiscreteSearchConfig", "init_discrete_tree", "select_discrete", "expand_discrete", "backup_discrete",
            "considered_visits_table", "score_considered", "masked_argmax"]
-
-_LINK = torch.int64
-
 
 @dataclasses.dataclass(frozen=True)
 class DiscreteSearchConfig:
@@ -134,7 +131,7 @@ def _write_node(tree: Tree, node: torch.Tensor, prior_logits: torch.Tensor, valu
     tree.node_visits.scatter_add_(1, index, torch.ones_like(index, dtype=tree.node_visits.dtype))
     tree.node_value.scatter_(1, index, value.float()[:, None])
     tree.node_raw_value.scatter_(1, index, value.float()[:, None])
-    edges = index * tree.num_actions + torch.arange(tree.num_actions, device=node.device)
+    edges = tree.edges_of(node)
     tree.edge_prior.scatter_(1, edges, prior_logits.float())
     tree.edge_policy.scatter_(1, edges, torch.softmax(prior_logits.float(), dim=-1))
     tree.embeddings[rows, node] = embedding
@@ -158,7 +155,7 @@ def choose_action(tree: Tree, config: DiscreteSearchConfig, node: torch.Tensor, 
     of this simulation (valid actions only); below it, argmax of softmax(logits + q) - N(a) / (1 + sum N).
     Ties go to the lowest action (mctx's muzero adds 1e-7 · U(0, 1) noise to break them at random).
     """
-    edges = node[:, None] * tree.num_actions + torch.arange(tree.num_actions, device=node.device)
+    edges = tree.edges_of(node)
     statistics = tree.children_statistics(node)
     visits = statistics[2]
     prior_logits = tree.edge_prior.gather(1, edges)
@@ -248,10 +245,10 @@ def backup_discrete(tree: Tree, config: DiscreteSearchConfig, simulation: int, s
         reward = tree.node_reward.gather(1, at)[:, 0]
         discount = tree.node_discount.gather(1, at)[:, 0]
         value = torch.where(going, reward + discount * value, value)
-        parent_value = (tree.node_value.gather(1, parent)[:, 0] * count[:, 0] + value) / (count[:, 0] + 1.0)
-        keep = ~going[:, None]
-        tree.node_value.scatter_(1, parent, torch.where(keep, tree.node_value.gather(1, parent), parent_value[:, None]))
-        tree.node_visits.scatter_(1, parent, torch.where(keep, count, count + 1))
+        mean = tree.node_value.gather(1, parent)
+        updated = (mean[:, 0] * count[:, 0] + value) / (count[:, 0] + 1.0)
+        tree.node_value.scatter_(1, parent, torch.where(going[:, None], updated[:, None], mean))
+        tree.node_visits.scatter_(1, parent, torch.where(going[:, None], count + 1, count))
         index = torch.where(going, parent[:, 0], index)
         going = going & (index != 0)
         if _all_done(going):

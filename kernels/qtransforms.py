@@ -94,7 +94,7 @@ def _completed_by_mix_value(tree, node, statistics, *, value_scale=0.1, maxvisit
     visited = visits > 0
     raw_value = _node_stat(tree.raw_values, node)
     if use_mixed_value:
-        prior_probs = torch.softmax(tree.edge_prior.gather(1, _action_edges(tree, node)), dim=-1)
+        prior_probs = torch.softmax(tree.edge_prior.gather(1, tree.edges_of(node)), dim=-1)
         value = _mixed_value(raw_value, qvalues, visits, prior_probs)
     else:
         value = raw_value
@@ -105,11 +105,6 @@ def _completed_by_mix_value(tree, node, statistics, *, value_scale=0.1, maxvisit
         completed = (completed - low) / torch.clamp(high - low, min=epsilon)
     visit_scale = maxvisit_init + visits.amax(-1).float()
     return (visit_scale * value_scale)[:, None] * completed
-
-
-def _action_edges(tree: Tree, node: torch.Tensor) -> torch.Tensor:
-    """[B, A] flat edge indices of node's actions (discrete tree)."""
-    return node[:, None] * tree.num_actions + torch.arange(tree.num_actions, device=node.device)
 
 
 def _mixed_value(raw_value, qvalues, visits, prior_probs) -> torch.Tensor:

@@ -144,11 +144,15 @@ class Tree:
         """[B, M, A] float32."""
         return self._child_stat(self.node_discount, self.children_index)
 
-    def children_of(self, node: torch.Tensor) -> torch.Tensor:
-        """[B, A] int64: the child of each action of ``node`` ([B] int64), -1 where not expanded (in a sampled
-        tree, K root slots: the root only)."""
+    def edges_of(self, node: torch.Tensor) -> torch.Tensor:
+        """[B, A] int64: the flat edge indices of the actions of ``node`` ([B] int64) (in a sampled tree, K
+        root slots: the root only)."""
         first = edge_index(node, torch.zeros_like(node), self.num_root_actions, self.num_child_actions)
-        return self.edge_child.gather(1, first[:, None] + torch.arange(self.num_root_actions, device=node.device))
+        return first[:, None] + torch.arange(self.num_root_actions, device=node.device)
+
+    def children_of(self, node: torch.Tensor) -> torch.Tensor:
+        """[B, A] int64: the child of each action of ``node`` ([B] int64), -1 where not expanded."""
+        return self.edge_child.gather(1, self.edges_of(node))
 
     def children_statistics(self, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(child [B, A] int64 (-1 = not expanded), Q [B, A] float32 = r + discount · value (0 where not

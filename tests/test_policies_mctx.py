@@ -11,7 +11,6 @@ Also mctx's golden trees (mctx/_src/tests/test_data/*.json) reproduced: see ``te
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
